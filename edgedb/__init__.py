@@ -1,0 +1,27 @@
+"""edgedb: DBNet text detection for edge devices (TensorRT on GPUs, ONNX Runtime on CPUs).
+
+``import edgedb`` never imports TensorRT or pycuda; they load on first use of the
+TensorRT backend (``pip install edgedb[tensorrt]``).
+"""
+
+from edgedb.boxes import TextBox, boxes_from_prob
+from edgedb.errors import (
+    EdgeDBError,
+    InvalidInputError,
+    InvalidInputTypeError,
+    MissingDependencyError,
+    ModelError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EdgeDBError",
+    "InvalidInputError",
+    "InvalidInputTypeError",
+    "MissingDependencyError",
+    "ModelError",
+    "TextBox",
+    "boxes_from_prob",
+    "__version__",
+]

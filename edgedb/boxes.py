@@ -1,0 +1,138 @@
+"""Text boxes from a DBNet probability map, formed by the C++ core.
+
+The map is binarized at ``thresh``; each 8-connected region is a shrunk text kernel.
+Per region: a minimum-area rectangle (``quad``) or a simplified contour (``poly``), a
+score (mean probability inside it), and an outward offset by D' = A' * r' / L' (area,
+perimeter, r' = ``unclip_ratio``) that recovers the full text extent.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from edgedb import _native
+from edgedb.errors import InvalidInputError, InvalidInputTypeError
+
+SCORE_MODES = ("fast", "slow")
+BOX_TYPES = ("quad", "poly")
+
+
+@dataclass(frozen=True, eq=False)
+class TextBox:
+    """A detected text region.
+
+    ``points`` is a float32 ``(K, 2)`` array of ``x, y``; quads have four points clockwise
+    from the top-left. ``score`` is the mean probability inside the region.
+    """
+
+    points: np.ndarray
+    score: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready form: ``{"points": [[x, y], ...], "score": s}``."""
+        return {"points": self.points.tolist(), "score": float(self.score)}
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidInputTypeError(f"{name} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _integer(name: str, value) -> int:
+    if isinstance(value, bool):
+        raise InvalidInputTypeError(f"{name} must be an integer, not bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidInputTypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+
+
+def _dest_size(dest_size) -> Tuple[int, int]:
+    if dest_size is None:
+        return 0, 0
+    try:
+        height, width = dest_size
+    except (TypeError, ValueError):
+        raise InvalidInputTypeError("dest_size must be None or (height, width)") from None
+    height, width = _integer("dest_size height", height), _integer("dest_size width", width)
+    if height <= 0 or width <= 0:
+        raise InvalidInputError(f"dest_size must be positive, got ({height}, {width})")
+    return height, width
+
+
+def boxes_from_prob(
+    prob: np.ndarray,
+    *,
+    thresh: float = 0.3,
+    box_thresh: float = 0.6,
+    unclip_ratio: float = 1.5,
+    max_candidates: int = 1000,
+    min_size: float = 3,
+    score_mode: str = "fast",
+    box_type: str = "quad",
+    use_dilation: bool = False,
+    dest_size: Optional[Tuple[int, int]] = None,
+) -> list[TextBox]:
+    """Forms text boxes from a DBNet probability map.
+
+    Args:
+        prob: 2-D map, float32 in [0, 1] or uint8 (0..255 meaning 0..1). C-contiguous or a
+            row-strided view (a crop of a padded map), read without a copy.
+        thresh: binarization threshold of the map.
+        box_thresh: regions whose score is below it are dropped.
+        unclip_ratio: r' in the offset distance D' = A' * r' / L'.
+        max_candidates: at most this many regions are considered, in raster order.
+        min_size: regions whose rectangle's short side is below it are dropped (and boxes
+            whose short side after the offset is below ``min_size + 2``).
+        score_mode: ``"fast"``, the mean inside the box or polygon; ``"slow"``, the mean
+            inside the region's contour.
+        box_type: ``"quad"`` (minimum-area rectangles) or ``"poly"`` (offset contours,
+            simplified by Douglas-Peucker at 0.002 x perimeter).
+        use_dilation: dilate the binary map by a 2x2 square first.
+        dest_size: ``(height, width)`` to scale the points to (e.g. the original image),
+            clipped to it; ``None`` keeps map pixels.
+
+    Returns:
+        The boxes in raster order of their regions.
+
+    Raises:
+        InvalidInputTypeError: ``prob`` is not a float32/uint8 array, or an argument has a
+            wrong type.
+        InvalidInputError: a bad value: NaN or values outside [0, 1] in the map, a map that
+            is empty, not 2-D or has a non-unit column stride, a parameter out of range.
+    """
+    if not isinstance(prob, np.ndarray):
+        raise InvalidInputTypeError(f"prob must be a numpy array, not {type(prob).__name__}")
+    if not isinstance(score_mode, str) or score_mode not in SCORE_MODES:
+        raise InvalidInputError(f"score_mode must be one of {SCORE_MODES}, not {score_mode!r}")
+    if not isinstance(box_type, str) or box_type not in BOX_TYPES:
+        raise InvalidInputError(f"box_type must be one of {BOX_TYPES}, not {box_type!r}")
+    dest_height, dest_width = _dest_size(dest_size)
+    points, counts, scores = _native.form_boxes(
+        prob,
+        _number("thresh", thresh),
+        _number("box_thresh", box_thresh),
+        _number("unclip_ratio", unclip_ratio),
+        _integer("max_candidates", max_candidates),
+        _number("min_size", min_size),
+        score_mode,
+        box_type,
+        bool(use_dilation),
+        dest_height,
+        dest_width,
+    )
+    return _to_text_boxes(points, counts, scores)
+
+
+def _to_text_boxes(points: np.ndarray, counts: np.ndarray, scores: np.ndarray) -> list[TextBox]:
+    if len(counts) and (counts == 4).all():
+        quads = points.reshape(-1, 4, 2)
+        return [TextBox(quad, score) for quad, score in zip(quads, scores.tolist())]
+    pieces = np.split(points, np.cumsum(counts)[:-1]) if len(counts) else []
+    return [TextBox(piece, score) for piece, score in zip(pieces, scores.tolist())]

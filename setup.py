@@ -1,0 +1,70 @@
+"""Builds edgedb: the Python package plus its C++ core, compiled by CMake."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    """Configures and builds CMakeLists.txt, placing the module where setuptools expects it."""
+
+    def build_extension(self, ext: Extension) -> None:
+        import pybind11
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        config = "Debug" if self.debug else "Release"
+        configure = [
+            "cmake",
+            str(ROOT),
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_BUILD_TYPE={config}",
+        ]
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
+        subprocess.run(configure, cwd=build_dir, check=True)
+        subprocess.run(["cmake", "--build", ".", "--config", config, "-j", jobs], cwd=build_dir, check=True)
+
+
+setup(
+    name="edgedb",
+    version="0.1.0",
+    description="TensorRT-optimized edge deployment SDK for DBNet text detection",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["edgedb", "edgedb.*"]),
+    ext_modules=[CMakeExtension("edgedb._native")],
+    cmdclass={"build_ext": CMakeBuild},
+    install_requires=[
+        "numpy>=1.23",
+        # rapidocr_onnxruntime requires opencv-python; depending on the same wheel keeps
+        # one OpenCV in the environment.
+        "opencv-python>=4.6",
+        "pyclipper>=1.3",
+        "onnx>=1.15",
+        "onnx-graphsurgeon>=0.5",
+        "onnxruntime>=1.17",
+        "rapidocr_onnxruntime>=1.3",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "tensorrt": ["tensorrt>=10", "pycuda>=2022.1"],
+        "dev": ["pytest>=7", "hypothesis>=6.80", "shapely>=2"],
+    },
+    entry_points={"console_scripts": ["edgedb=edgedb.cli:main"]},
+    zip_safe=False,
+)
