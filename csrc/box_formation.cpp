@@ -154,6 +154,15 @@ class Region {
     std::vector<uint8_t> mask_;
 };
 
+constexpr double kSnap = 1e-3;  // pixels: closer than this to a whole pixel is on it
+
+// Removes round-off before truncating to whole pixels: 258.99999 is 259, so an
+// axis-aligned box does not lose a row to float noise.
+double snap(double v) {
+    const double whole = std::nearbyint(v);
+    return std::abs(v - whole) < kSnap ? whole : v;
+}
+
 // Mean probability inside a polygon, rasterized as cv2.fillPoly does inside the window
 // of its bounding box (the reference scores the same way).
 double polygon_score(const ProbReader& prob, const std::vector<PointD>& poly, int height, int width,
@@ -166,12 +175,12 @@ double polygon_score(const ProbReader& prob, const std::vector<PointD>& poly, in
     auto clip = [](double v, int hi) { return static_cast<int>(std::clamp(v, 0.0, double(hi))); };
     const int x_lo = clip(std::floor(x_min), width - 1), x_hi = clip(std::ceil(x_max), width - 1);
     const int y_lo = clip(std::floor(y_min), height - 1), y_hi = clip(std::ceil(y_max), height - 1);
-    // Vertices are truncated toward zero relative to the window, as an int32 cast does.
+    // Vertices are snapped, then truncated toward zero relative to the window, as an
+    // int32 cast does.
+    auto truncate = [](double v, int origin) { return origin + static_cast<int64_t>(snap(v) - origin); };
     std::vector<PointI> vertices;
     vertices.reserve(poly.size());
-    for (const auto& p : poly) {
-        vertices.push_back({x_lo + static_cast<int64_t>(p.x - x_lo), y_lo + static_cast<int64_t>(p.y - y_lo)});
-    }
+    for (const auto& p : poly) vertices.push_back({truncate(p.x, x_lo), truncate(p.y, y_lo)});
     polygon_spans(vertices, y_lo, y_hi, x_lo, x_hi, spans);
     double total = 0;
     std::size_t count = 0;
@@ -181,14 +190,16 @@ double polygon_score(const ProbReader& prob, const std::vector<PointD>& poly, in
 
 // Offsets a polygon outward by D' = A' * r' / L' with round joins (Clipper 6.4.2, the
 // library pyclipper wraps, with its default arc tolerance). Points are truncated to
-// integers as pyclipper does.
+// integers (after snapping) as pyclipper does.
 ClipperLib::Paths unclip(const std::vector<PointD>& poly, double ratio) {
     const double perimeter = polygon_perimeter(poly);
     if (!(perimeter > 0)) return {};
     const double distance = polygon_area(poly) * ratio / perimeter;
     ClipperLib::Path path;
     path.reserve(poly.size());
-    for (const auto& p : poly) path.emplace_back(static_cast<ClipperLib::cInt>(p.x), static_cast<ClipperLib::cInt>(p.y));
+    for (const auto& p : poly) {
+        path.emplace_back(static_cast<ClipperLib::cInt>(snap(p.x)), static_cast<ClipperLib::cInt>(snap(p.y)));
+    }
     ClipperLib::ClipperOffset offset;
     offset.AddPath(path, ClipperLib::jtRound, ClipperLib::etClosedPolygon);
     ClipperLib::Paths solution;

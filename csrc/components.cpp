@@ -1,64 +1,132 @@
 #include "components.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 namespace edgedb {
 namespace {
 
-// Pixels examined at once when skipping background; the per-block reductions below
-// have no branches so the compiler vectorizes them (SSE/AVX on x86, NEON on aarch64).
-constexpr int kBlock = 32;
+// Pixels examined at once when skipping background. The block tests below have no
+// branches, so the compiler vectorizes them (SSE/AVX on x86-64, NEON on aarch64).
+constexpr int kBlock = 64;
+
+// Inlined into each CPU clone below so the loops are compiled for that clone's target.
+#if defined(__GNUC__) || defined(__clang__)
+#define EDGEDB_INLINE inline __attribute__((always_inline))
+#else
+#define EDGEDB_INLINE inline
+#endif
 
 struct FloatPixels {
     float thresh;
-    static bool bad(float v) { return !(v >= 0.f) || v > 1.f; }  // NaN fails v >= 0
-    bool above(float v) const { return v > thresh; }
+    uint32_t thresh_bits;  // bit pattern of thresh (>= 0)
+
+    explicit FloatPixels(float t) : thresh(t) { std::memcpy(&thresh_bits, &t, sizeof t); }
+
+    // Non-negative floats order like their bit patterns, so v is in [0, thresh] exactly
+    // when bits(v) <= bits(thresh): one integer compare per pixel checks both "background"
+    // and "valid". Anything else (text, negatives, NaN, inf, -0.0) is examined per pixel.
+    EDGEDB_INLINE bool plain_background(const float* p) const {
+        uint32_t top = 0;
+        for (int k = 0; k < kBlock; ++k) {
+            uint32_t bits;
+            std::memcpy(&bits, p + k, sizeof bits);  // a plain load, without aliasing UB
+            top = std::max(top, bits);
+        }
+        return top <= thresh_bits;
+    }
+    // Bit k set where pixel k of p[0..n) is text; returns true if a pixel is invalid.
+    EDGEDB_INLINE bool foreground_bits(const float* p, int n, uint64_t& fg) const {
+        int bad = 0;
+        for (int k = 0; k < n; ++k) {
+            const float v = p[k];
+            fg |= static_cast<uint64_t>(v > thresh) << k;
+            bad |= static_cast<int>(!(v >= 0.f)) | static_cast<int>(v > 1.f);  // NaN fails v >= 0
+        }
+        return bad != 0;
+    }
 };
 
 struct BytePixels {
     uint8_t thresh;  // foreground is value > thresh
-    static bool bad(uint8_t) { return false; }
-    bool above(uint8_t v) const { return v > thresh; }
+
+    EDGEDB_INLINE bool plain_background(const uint8_t* p) const {
+        uint8_t top = 0;
+        for (int k = 0; k < kBlock; ++k) top = std::max(top, p[k]);
+        return top <= thresh;
+    }
+    EDGEDB_INLINE bool foreground_bits(const uint8_t* p, int n, uint64_t& fg) const {
+        for (int k = 0; k < n; ++k) fg |= static_cast<uint64_t>(p[k] > thresh) << k;
+        return false;
+    }
 };
 
+inline int lowest_bit(uint64_t v) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctzll(v);
+#else
+    int k = 0;
+    while (!((v >> k) & 1)) ++k;
+    return k;
+#endif
+}
+
 // Appends the foreground runs of one row; returns false if the row holds a bad value.
+// Blocks of plain background are skipped; in the others, runs start and end where the
+// foreground bit mask changes, found a set bit at a time.
 template <class T, class Pixels>
-bool scan_row(const T* row, int width, int y, const Pixels& px, std::vector<Run>& out) {
-    bool in_run = false;
+EDGEDB_INLINE bool scan_row(const T* row, int width, int y, const Pixels& px, std::vector<Run>& out) {
+    static_assert(kBlock == 64, "one uint64_t mask per block");
+    bool in_run = false, bad = false;
     int start = 0;
-    int bad = 0;
-    auto step = [&](int x) {
-        const bool fg = px.above(row[x]);
-        if (fg != in_run) {
-            if (fg) start = x;
-            else out.push_back({y, start, x - 1});
-            in_run = fg;
-        }
-    };
-    int x = 0;
-    for (; x + kBlock <= width; x += kBlock) {
-        int any = 0, block_bad = 0;
-        for (int k = 0; k < kBlock; ++k) {
-            any |= px.above(row[x + k]);
-            block_bad |= Pixels::bad(row[x + k]);
-        }
-        bad |= block_bad;
-        if (!any) {
-            if (in_run) {
-                out.push_back({y, start, x - 1});
-                in_run = false;
-            }
+    for (int x = 0; x < width; x += kBlock) {
+        const int n = std::min(kBlock, width - x);
+        if (n == kBlock && px.plain_background(row + x)) {
+            if (in_run) out.push_back({y, start, x - 1});
+            in_run = false;
             continue;
         }
-        for (int k = 0; k < kBlock; ++k) step(x + k);
-    }
-    for (; x < width; ++x) {
-        bad |= Pixels::bad(row[x]);
-        step(x);
+        uint64_t fg = 0;
+        bad |= px.foreground_bits(row + x, n, fg);
+        uint64_t changes = fg ^ ((fg << 1) | static_cast<uint64_t>(in_run));
+        if (n < kBlock) changes &= (uint64_t{1} << n) - 1;
+        while (changes) {
+            const int k = lowest_bit(changes);
+            changes &= changes - 1;
+            if ((fg >> k) & 1) start = x + k;
+            else out.push_back({y, start, x + k - 1});
+        }
+        in_run = (fg >> (n - 1)) & 1;
     }
     if (in_run) out.push_back({y, start, width - 1});
     return !bad;
+}
+
+// The row scans, compiled twice on x86-64 (AVX2 and baseline) and picked once at load
+// time by the CPU; elsewhere (aarch64: NEON is baseline) compiled once.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EDGEDB_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EDGEDB_CPU_CLONES
+#endif
+
+EDGEDB_CPU_CLONES bool scan_row_f32(const float* row, int width, int y, const FloatPixels& px,
+                                    std::vector<Run>& out) {
+    return scan_row(row, width, y, px, out);
+}
+
+EDGEDB_CPU_CLONES bool scan_row_u8(const uint8_t* row, int width, int y, const BytePixels& px,
+                                   std::vector<Run>& out) {
+    return scan_row(row, width, y, px, out);
+}
+
+inline bool scan_any_row(const float* row, int width, int y, const FloatPixels& px, std::vector<Run>& out) {
+    return scan_row_f32(row, width, y, px, out);
+}
+
+inline bool scan_any_row(const uint8_t* row, int width, int y, const BytePixels& px, std::vector<Run>& out) {
+    return scan_row_u8(row, width, y, px, out);
 }
 
 // Union of two sorted run lists of one row, each run first grown one pixel to the right
@@ -109,7 +177,7 @@ void scan_map(const MapView& map, const Pixels& px, bool dilate, Regions& region
         row_begin[y] = static_cast<int32_t>(runs.size());
         std::vector<Run>& sink = dilate ? raw_cur : runs;
         if (dilate) raw_cur.clear();
-        if (!scan_row(row, map.width, y, px, sink)) {
+        if (!scan_any_row(row, map.width, y, px, sink)) {
             throw InvalidInput("prob map row " + std::to_string(y) +
                                " holds NaN, inf or a value outside [0, 1]; pass probabilities "
                                "(apply a sigmoid to logits) and check the model output");
@@ -179,7 +247,7 @@ uint8_t byte_threshold(double thresh) {
 Regions find_regions(const MapView& map, double thresh, bool dilate, int group_limit) {
     Regions regions;
     if (map.type == PixelType::Float32) {
-        scan_map<float>(map, FloatPixels{static_cast<float>(thresh)}, dilate, regions);
+        scan_map<float>(map, FloatPixels(static_cast<float>(thresh)), dilate, regions);
     } else {
         scan_map<uint8_t>(map, BytePixels{byte_threshold(thresh)}, dilate, regions);
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numbers
 import operator
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
@@ -22,16 +21,22 @@ SCORE_MODES = ("fast", "slow")
 BOX_TYPES = ("quad", "poly")
 
 
-@dataclass(frozen=True, eq=False)
 class TextBox:
     """A detected text region.
 
-    ``points`` is a float32 ``(K, 2)`` array of ``x, y``; quads have four points clockwise
-    from the top-left. ``score`` is the mean probability inside the region.
+    ``points`` is a float32 ``(K, 2)`` array of ``x, y`` in whole pixels; quads have four
+    points clockwise from the top-left. ``score`` is the mean probability inside the region.
+    Each call returns new arrays: a later call never overwrites boxes you hold.
     """
 
-    points: np.ndarray
-    score: float
+    __slots__ = ("points", "score")
+
+    def __init__(self, points: np.ndarray, score: float):
+        self.points = points
+        self.score = score
+
+    def __repr__(self) -> str:
+        return f"TextBox(points={self.points.tolist()}, score={self.score:.4f})"
 
     def to_dict(self) -> dict:
         """JSON-ready form: ``{"points": [[x, y], ...], "score": s}``."""
@@ -127,12 +132,8 @@ def boxes_from_prob(
         dest_height,
         dest_width,
     )
-    return _to_text_boxes(points, counts, scores)
-
-
-def _to_text_boxes(points: np.ndarray, counts: np.ndarray, scores: np.ndarray) -> list[TextBox]:
-    if len(counts) and (counts == 4).all():
-        quads = points.reshape(-1, 4, 2)
-        return [TextBox(quad, score) for quad, score in zip(quads, scores.tolist())]
-    pieces = np.split(points, np.cumsum(counts)[:-1]) if len(counts) else []
+    if box_type == "quad":
+        pieces = points.reshape(-1, 4, 2)
+    else:
+        pieces = np.split(points, np.cumsum(counts)[:-1]) if len(counts) else []
     return [TextBox(piece, score) for piece, score in zip(pieces, scores.tolist())]

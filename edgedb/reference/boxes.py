@@ -12,6 +12,15 @@ import pyclipper
 from edgedb.boxes import TextBox
 
 
+SNAP = 1e-3  # pixels: vertices closer than this to a whole pixel are on it
+
+
+def _snap(points: np.ndarray) -> np.ndarray:
+    """Removes round-off before truncation to whole pixels (258.99999 is 259)."""
+    whole = np.round(points)
+    return np.where(np.abs(points - whole) < SNAP, whole, points)
+
+
 def order_quad(points: np.ndarray) -> np.ndarray:
     """Orders four corners top-left, top-right, bottom-right, bottom-left (y points down)."""
     pts = sorted((tuple(p) for p in np.asarray(points, dtype=np.float32)), key=lambda p: p[0])
@@ -34,7 +43,7 @@ def _mean_inside(prob: np.ndarray, polygon: np.ndarray) -> float:
     y0 = int(np.clip(np.floor(poly[:, 1].min()), 0, h - 1))
     y1 = int(np.clip(np.ceil(poly[:, 1].max()), 0, h - 1))
     mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.uint8)
-    local = (poly - [x0, y0]).astype(np.int32)  # truncation toward zero, as an int cast
+    local = (_snap(poly) - [x0, y0]).astype(np.int32)  # truncation toward zero, as an int cast
     cv2.fillPoly(mask, [local.reshape(-1, 1, 2)], 1)
     return float(cv2.mean(prob[y0 : y1 + 1, x0 : x1 + 1], mask)[0])
 
@@ -46,7 +55,7 @@ def _unclip(polygon: np.ndarray, ratio: float) -> list:
     if perimeter <= 0:
         return []
     offset = pyclipper.PyclipperOffset()
-    offset.AddPath([(int(x), int(y)) for x, y in poly], pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+    offset.AddPath([(int(x), int(y)) for x, y in _snap(poly)], pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
     return offset.Execute(area * ratio / perimeter)
 
 

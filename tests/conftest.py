@@ -1,0 +1,46 @@
+"""Shared fixtures: real probability maps from the default model on generated images.
+
+The maps come from PP-OCRv4 det (shipped in rapidocr_onnxruntime) run with ONNX Runtime on
+images edgedb generates, so the suite needs no data from outside the project. Where
+``../shared/data`` exists (developer machines), its photos are added.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgedb.probmap import ProbabilityMapper
+from edgedb.synthetic import make_text_image
+
+SHARED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
+
+
+def _images():
+    images = {
+        "scene-0": make_text_image(0, size=(720, 1280)).image,
+        "scene-1": make_text_image(1, size=(640, 480), rotate=True).image,
+        "scene-2": make_text_image(2, size=(900, 700), perspective=True).image,
+        "document-0": make_text_image(0, size=(720, 1280), document=True, perspective=False).image,
+        "document-1": make_text_image(1, size=(960, 720), document=True).image,
+    }
+    if SHARED_PHOTOS.is_dir() and not os.environ.get("EDGEDB_NO_SHARED"):
+        for path in sorted(SHARED_PHOTOS.glob("*.jpg"))[:6]:
+            images[f"photo-{path.stem}"] = cv2.imread(str(path))
+    return images
+
+
+@pytest.fixture(scope="session")
+def real_maps():
+    """name -> (probability map float32 (H', W'), original image shape (H, W))."""
+    mapper = ProbabilityMapper(threads=2)
+    return {name: (mapper(image), image.shape[:2]) for name, image in _images().items()}
+
+
+@pytest.fixture(scope="session")
+def rng():
+    return np.random.default_rng(1234)
