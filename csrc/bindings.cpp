@@ -43,6 +43,10 @@ edgedb::MapView view_of(const py::array& prob) {
         throw edgedb::InvalidInput("prob must be a 2-D (height, width) map, got " + std::to_string(prob.ndim()) +
                               " dimensions; for an (N, 1, H, W) model output pass prob[i, 0]");
     }
+    if (prob.shape(0) == 0 || prob.shape(1) == 0) {
+        throw edgedb::InvalidInput("prob map is empty (" + std::to_string(prob.shape(0)) + "x" +
+                                   std::to_string(prob.shape(1)) + "); it needs at least one row and column");
+    }
     if (prob.strides(1) != prob.itemsize()) {
         throw edgedb::InvalidInput("prob columns must be adjacent in memory (column stride " +
                               std::to_string(prob.strides(1)) + " bytes); pass np.ascontiguousarray(prob)");

@@ -18,6 +18,19 @@ constexpr int kBlock = 64;
 #define EDGEDB_INLINE inline
 #endif
 
+// Packs 64 bytes that are each 0 or 1 into a 64-bit mask (bit k from byte k): each
+// group of 8 bytes becomes 8 bits with one multiply, as the products land in distinct
+// bits of the top byte. Assumes little-endian byte order (x86-64, aarch64).
+EDGEDB_INLINE uint64_t pack_bits(const uint8_t* bytes) {
+    uint64_t bits = 0;
+    for (int group = 0; group < kBlock / 8; ++group) {
+        uint64_t eight;
+        std::memcpy(&eight, bytes + 8 * group, sizeof eight);
+        bits |= ((eight * 0x0102040810204080ULL) >> 56) << (8 * group);
+    }
+    return bits;
+}
+
 struct FloatPixels {
     float thresh;
     uint32_t thresh_bits;  // bit pattern of thresh (>= 0)
@@ -38,12 +51,14 @@ struct FloatPixels {
     }
     // Bit k set where pixel k of p[0..n) is text; returns true if a pixel is invalid.
     EDGEDB_INLINE bool foreground_bits(const float* p, int n, uint64_t& fg) const {
+        uint8_t is_text[kBlock] = {};
         int bad = 0;
         for (int k = 0; k < n; ++k) {
             const float v = p[k];
-            fg |= static_cast<uint64_t>(v > thresh) << k;
+            is_text[k] = static_cast<uint8_t>(v > thresh);
             bad |= static_cast<int>(!(v >= 0.f)) | static_cast<int>(v > 1.f);  // NaN fails v >= 0
         }
+        fg = pack_bits(is_text);
         return bad != 0;
     }
 };
@@ -57,7 +72,9 @@ struct BytePixels {
         return top <= thresh;
     }
     EDGEDB_INLINE bool foreground_bits(const uint8_t* p, int n, uint64_t& fg) const {
-        for (int k = 0; k < n; ++k) fg |= static_cast<uint64_t>(p[k] > thresh) << k;
+        uint8_t is_text[kBlock] = {};
+        for (int k = 0; k < n; ++k) is_text[k] = static_cast<uint8_t>(p[k] > thresh);
+        fg = pack_bits(is_text);
         return false;
     }
 };

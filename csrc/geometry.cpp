@@ -84,33 +84,46 @@ std::vector<PointD> convex_hull_sorted(const std::vector<PointD>& points) {
 MinRect min_area_rect(const std::vector<PointD>& hull) {
     MinRect rect{};
     if (hull.empty()) return rect;
-    if (hull.size() == 1) {
+    const std::size_t n = hull.size();
+    if (n == 1) {
         rect.corners = {hull[0], hull[0], hull[0], hull[0]};
         return rect;
     }
+    // Rotating calipers: the best rectangle has a side on a hull edge. As the edge turns,
+    // the points extreme along it (right, left) and across it (far) move forward around
+    // the hull, so each pointer makes one lap: O(n) overall.
+    auto next = [n](std::size_t k) { return k + 1 == n ? 0 : k + 1; };
+    std::size_t right = 0, left = 0, far = 0;
     double best_area = std::numeric_limits<double>::infinity();
-    const std::size_t n = hull.size();
     for (std::size_t i = 0; i < n; ++i) {
         const PointD& a = hull[i];
-        const PointD& b = hull[(i + 1) % n];
-        const double len = std::hypot(b.x - a.x, b.y - a.y);
+        const PointD& b = hull[next(i)];
+        const double len = std::sqrt((b.x - a.x) * (b.x - a.x) + (b.y - a.y) * (b.y - a.y));
         if (len == 0) continue;
         const double ux = (b.x - a.x) / len, uy = (b.y - a.y) / len;
-        double lo_u = 0, hi_u = 0, lo_v = 0, hi_v = 0;
-        for (const auto& p : hull) {
-            const double u = (p.x - a.x) * ux + (p.y - a.y) * uy;
-            const double v = -(p.x - a.x) * uy + (p.y - a.y) * ux;
-            lo_u = std::min(lo_u, u), hi_u = std::max(hi_u, u);
-            lo_v = std::min(lo_v, v), hi_v = std::max(hi_v, v);
+        auto u = [&](std::size_t k) { return (hull[k].x - a.x) * ux + (hull[k].y - a.y) * uy; };
+        auto v = [&](std::size_t k) { return std::abs((hull[k].y - a.y) * ux - (hull[k].x - a.x) * uy); };
+        if (i == 0) {
+            for (std::size_t k = 1; k < n; ++k) {
+                if (u(k) > u(right)) right = k;
+                if (u(k) < u(left)) left = k;
+                if (v(k) > v(far)) far = k;
+            }
+        } else {
+            for (std::size_t step = 0; step < n && u(next(right)) > u(right); ++step) right = next(right);
+            for (std::size_t step = 0; step < n && u(next(left)) < u(left); ++step) left = next(left);
+            for (std::size_t step = 0; step < n && v(next(far)) > v(far); ++step) far = next(far);
         }
-        const double area = (hi_u - lo_u) * (hi_v - lo_v);
+        const double lo_u = std::min(0.0, u(left)), hi_u = std::max(len, u(right)), depth = v(far);
+        const double area = (hi_u - lo_u) * depth;
         if (area < best_area) {
             best_area = area;
-            auto at = [&](double u, double v) {
-                return PointD{a.x + u * ux - v * uy, a.y + u * uy + v * ux};
-            };
-            rect.corners = {at(lo_u, lo_v), at(hi_u, lo_v), at(hi_u, hi_v), at(lo_u, hi_v)};
-            rect.short_side = std::min(hi_u - lo_u, hi_v - lo_v);
+            // Unit normal pointing into the hull.
+            const double side = (hull[far].y - a.y) * ux - (hull[far].x - a.x) * uy >= 0 ? 1.0 : -1.0;
+            const double nx = -uy * side, ny = ux * side;
+            auto at = [&](double s, double t) { return PointD{a.x + s * ux + t * nx, a.y + s * uy + t * ny}; };
+            rect.corners = {at(lo_u, 0), at(hi_u, 0), at(hi_u, depth), at(lo_u, depth)};
+            rect.short_side = std::min(hi_u - lo_u, depth);
         }
     }
     rect.corners = order_clockwise(rect.corners);
@@ -151,7 +164,7 @@ double polygon_perimeter(const std::vector<PointD>& poly) {
     for (std::size_t i = 0, n = poly.size(); i < n; ++i) {
         const PointD& a = poly[i];
         const PointD& b = poly[(i + 1) % n];
-        length += std::hypot(b.x - a.x, b.y - a.y);
+        length += std::sqrt((b.x - a.x) * (b.x - a.x) + (b.y - a.y) * (b.y - a.y));
     }
     return length;
 }

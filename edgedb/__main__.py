@@ -1,0 +1,5 @@
+import sys
+
+from edgedb.cli import main
+
+sys.exit(main())
