@@ -264,9 +264,10 @@ std::vector<Box> form_boxes(const MapView& map, const BoxParams& p) {
             shape = to_double(simplify_closed(border, 0.002 * polygon_perimeter(as_double)));
             if (shape.size() < 4) continue;
         }
-        const double score = p.score_mode == ScoreMode::Fast
-                                 ? polygon_score(prob, shape, map.height, map.width, spans)
-                                 : region.contour_score(prob);
+        const double mean = p.score_mode == ScoreMode::Fast
+                                ? polygon_score(prob, shape, map.height, map.width, spans)
+                                : region.contour_score(prob);
+        const double score = std::clamp(mean, 0.0, 1.0);  // maps may overshoot [0, 1] slightly
         if (score < p.box_thresh) continue;
 
         const ClipperLib::Paths grown = unclip(shape, p.unclip_ratio);

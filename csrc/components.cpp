@@ -18,18 +18,28 @@ constexpr int kBlock = 64;
 #define EDGEDB_INLINE inline
 #endif
 
-// Packs 64 bytes that are each 0 or 1 into a 64-bit mask (bit k from byte k): each
-// group of 8 bytes becomes 8 bits with one multiply, as the products land in distinct
-// bits of the top byte. Assumes little-endian byte order (x86-64, aarch64).
+// Packs 64 bytes that are each 0 or 1 into a 64-bit mask (bit k from byte k). On
+// little-endian CPUs (x86-64, aarch64) each group of 8 bytes becomes 8 bits with one
+// multiply: the partial products land in distinct bits of the top byte.
 EDGEDB_INLINE uint64_t pack_bits(const uint8_t* bytes) {
     uint64_t bits = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     for (int group = 0; group < kBlock / 8; ++group) {
         uint64_t eight;
         std::memcpy(&eight, bytes + 8 * group, sizeof eight);
         bits |= ((eight * 0x0102040810204080ULL) >> 56) << (8 * group);
     }
+#else
+    for (int k = 0; k < kBlock; ++k) bits |= static_cast<uint64_t>(bytes[k]) << k;
+#endif
     return bits;
 }
+
+// Probabilities from real exports overshoot [0, 1] a little (1.0000001 from a rounded
+// sigmoid, more after a bicubic resize of the map), so that is accepted; NaN, inf and
+// values far outside, such as logits passed by mistake, are not.
+constexpr float kLowest = -0.25f;
+constexpr float kHighest = 1.25f;
 
 struct FloatPixels {
     float thresh;
@@ -39,7 +49,7 @@ struct FloatPixels {
 
     // Non-negative floats order like their bit patterns, so v is in [0, thresh] exactly
     // when bits(v) <= bits(thresh): one integer compare per pixel checks both "background"
-    // and "valid". Anything else (text, negatives, NaN, inf, -0.0) is examined per pixel.
+    // and "valid". Anything else (text, negatives, NaN, inf) is examined per pixel.
     EDGEDB_INLINE bool plain_background(const float* p) const {
         uint32_t top = 0;
         for (int k = 0; k < kBlock; ++k) {
@@ -56,7 +66,7 @@ struct FloatPixels {
         for (int k = 0; k < n; ++k) {
             const float v = p[k];
             is_text[k] = static_cast<uint8_t>(v > thresh);
-            bad |= static_cast<int>(!(v >= 0.f)) | static_cast<int>(v > 1.f);  // NaN fails v >= 0
+            bad |= static_cast<int>(!(v >= kLowest)) | static_cast<int>(v > kHighest);  // NaN fails v >= ...
         }
         fg = pack_bits(is_text);
         return bad != 0;
@@ -196,7 +206,7 @@ void scan_map(const MapView& map, const Pixels& px, bool dilate, Regions& region
         if (dilate) raw_cur.clear();
         if (!scan_any_row(row, map.width, y, px, sink)) {
             throw InvalidInput("prob map row " + std::to_string(y) +
-                               " holds NaN, inf or a value outside [0, 1]; pass probabilities "
+                               " holds NaN, inf or a value far outside [0, 1]; pass probabilities "
                                "(apply a sigmoid to logits) and check the model output");
         }
         if (dilate) {

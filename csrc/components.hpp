@@ -34,7 +34,7 @@ struct Regions {
 // Foreground is value > thresh (for uint8: value / 255 > thresh). With `dilate`, the mask
 // is first dilated by a 2x2 square (a pixel also lights its right, lower and lower-right
 // neighbours), as cv2.dilate with a 2x2 kernel does. Throws InvalidInput for float maps
-// holding NaN or values outside [0, 1]. Groups the runs of the first `group_limit` regions.
+// holding NaN, inf or values outside [-0.25, 1.25]. Groups the runs of the first `group_limit` regions.
 Regions find_regions(const MapView& map, double thresh, bool dilate, int group_limit);
 
 }  // namespace edgedb

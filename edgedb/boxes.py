@@ -109,7 +109,8 @@ def boxes_from_prob(
     Raises:
         InvalidInputTypeError: ``prob`` is not a float32/uint8 array, or an argument has a
             wrong type.
-        InvalidInputError: a bad value: NaN or values outside [0, 1] in the map, a map that
+        InvalidInputError: a bad value: NaN, inf or values far outside [0, 1] (beyond
+            [-0.25, 1.25]; small overshoot is accepted) in the map, a map that
             is empty, not 2-D or has a non-unit column stride, a parameter out of range.
     """
     if not isinstance(prob, np.ndarray):

@@ -17,12 +17,21 @@ def good_map():
     return prob
 
 
-@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, -0.5, 1.5])
-def test_values_outside_probabilities_are_rejected(value):
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, -0.5, 1.5, -7.0, 12.0])
+def test_values_far_outside_probabilities_are_rejected(value):
     prob = good_map()
     prob[50, 90] = value
-    with pytest.raises(InvalidInputError, match=r"NaN, inf or a value outside \[0, 1\]"):
+    with pytest.raises(InvalidInputError, match=r"NaN, inf or a value far outside \[0, 1\]"):
         edgedb.boxes_from_prob(prob)
+
+
+def test_small_overshoot_is_accepted_and_scores_stay_in_range():
+    # Real exports give 1.0000001 (a rounded sigmoid) or more after a bicubic resize.
+    prob = good_map()
+    prob[20:40, 10:80] = 1.1
+    prob[0, 0] = -0.1
+    boxes = edgedb.boxes_from_prob(prob)
+    assert len(boxes) == 1 and boxes[0].score == 1.0
 
 
 def test_nan_inside_text_is_rejected():
