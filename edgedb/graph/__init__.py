@@ -1,0 +1,28 @@
+"""ONNX graph rewriting: from a DBNet export to the uint8-input, ``prob``-output,
+opset-17 graph that edgedb runs on ONNX Runtime and TensorRT.
+
+Needs onnx and onnx-graphsurgeon; ``import edgedb`` does not import this package.
+"""
+
+from edgedb.graph.passes import (
+    fold_constants,
+    fuse_preprocessing,
+    make_dynamic,
+    prune_outputs,
+    rename_output,
+    upgrade_opset,
+)
+from edgedb.graph.rewrite import check_dbnet, load_model, rewrite_file, rewrite_model
+
+__all__ = [
+    "check_dbnet",
+    "fold_constants",
+    "fuse_preprocessing",
+    "load_model",
+    "make_dynamic",
+    "prune_outputs",
+    "rename_output",
+    "rewrite_file",
+    "rewrite_model",
+    "upgrade_opset",
+]
