@@ -60,10 +60,11 @@ setup(
         "onnxruntime>=1.17",
         "rapidocr_onnxruntime>=1.3",
         "tqdm>=4.60",
+        "shapely>=2",  # polygon IoU of the ICDAR evaluation
     ],
     extras_require={
         "tensorrt": ["tensorrt>=10", "pycuda>=2022.1"],
-        "dev": ["pytest>=7", "hypothesis>=6.80", "shapely>=2"],
+        "dev": ["pytest>=7", "hypothesis>=6.80"],
     },
     entry_points={"console_scripts": ["edgedb=edgedb.cli:main"]},
     zip_safe=False,
