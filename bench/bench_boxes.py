@@ -25,7 +25,6 @@ from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 from tqdm import tqdm
 
 import edgedb
-from edgedb.probmap import ProbabilityMapper
 from edgedb.synthetic import make_text_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +41,7 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def load_maps(images_dir: Path, count: int) -> list[tuple[str, np.ndarray, tuple[int, int]]]:
-    mapper = ProbabilityMapper(threads=2)
+    mapper = edgedb.EdgeDetector(limit_type="min", limit_side_len=736)  # RapidOCR's input size
     sources: list[tuple[str, np.ndarray]] = []
     if images_dir.is_dir():
         for path in sorted(images_dir.glob("*.jpg"), key=lambda p: p.name)[:count]:
@@ -55,7 +54,7 @@ def load_maps(images_dir: Path, count: int) -> list[tuple[str, np.ndarray, tuple
     sources.append(("dense-document", dense))
     maps = []
     for name, image in tqdm(sources, desc="probability maps", unit="image"):
-        maps.append((name, mapper(image), image.shape[:2]))
+        maps.append((name, mapper.probability_map(image), image.shape[:2]))
     return maps
 
 

@@ -5,6 +5,7 @@ TensorRT backend (``pip install edgedb[tensorrt]``).
 """
 
 from edgedb.boxes import TextBox, boxes_from_prob
+from edgedb.detector import EdgeDetector
 from edgedb.errors import (
     EdgeDBError,
     InvalidInputError,
@@ -12,6 +13,7 @@ from edgedb.errors import (
     MissingDependencyError,
     ModelError,
 )
+from edgedb.spec import ModelSpec
 
 __version__ = "0.1.0"
 
@@ -21,6 +23,8 @@ __all__ = [
     "InvalidInputTypeError",
     "MissingDependencyError",
     "ModelError",
+    "EdgeDetector",
+    "ModelSpec",
     "TextBox",
     "boxes_from_prob",
     "__version__",

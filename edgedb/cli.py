@@ -1,5 +1,5 @@
 """The ``edgedb`` command line: a thin layer over the library; every flag is an argument
-of the function it calls."""
+of the function or class it calls (named in each group's title)."""
 
 from __future__ import annotations
 
@@ -7,79 +7,159 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
-
-import numpy as np
 
 from edgedb.errors import EdgeDBError
 
 log = logging.getLogger("edgedb")
 
-
-def _add_box_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of edgedb.boxes_from_prob."""
-    group = parser.add_argument_group("box formation (edgedb.boxes_from_prob)")
-    group.add_argument("--thresh", type=float, default=0.3, help="binarization threshold of the map (default 0.3)")
-    group.add_argument("--box-thresh", type=float, default=0.6, help="minimum box score (default 0.6)")
-    group.add_argument("--unclip-ratio", type=float, default=1.5, help="r' of the offset D' = A'r'/L' (default 1.5)")
-    group.add_argument("--max-candidates", type=int, default=1000, help="regions considered at most (default 1000)")
-    group.add_argument("--min-size", type=float, default=3, help="minimum short side of a region (default 3)")
-    group.add_argument("--score-mode", choices=["fast", "slow"], default="fast", help="box (fast) or contour (slow) mean")
-    group.add_argument("--box-type", choices=["quad", "poly"], default="quad", help="rectangles or polygons")
-    group.add_argument("--use-dilation", action="store_true", help="dilate the binary map by 2x2 first")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def _box_kwargs(args: argparse.Namespace) -> dict:
-    return dict(
-        thresh=args.thresh,
-        box_thresh=args.box_thresh,
-        unclip_ratio=args.unclip_ratio,
-        max_candidates=args.max_candidates,
-        min_size=args.min_size,
-        score_mode=args.score_mode,
-        box_type=args.box_type,
-        use_dilation=args.use_dilation,
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 736x1280, not {text!r}") from None
+    return height, width
+
+
+def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
+    from edgedb.detector import DEFAULT_BOXES, DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
+
+    group = parser.add_argument_group("detector (edgedb.EdgeDetector)")
+    group.add_argument("--model", default="ppocrv4-det", help="zoo name or DBNet ONNX path (default ppocrv4-det)")
+    group.add_argument("--backend", default="auto", choices=["auto", "cpu", "onnxruntime", "tensorrt"],
+                       help="where to run the model (default auto)")
+    group.add_argument("--limit-side-len", type=int, default=DEFAULT_LIMIT_SIDE_LEN,
+                       help=f"side limit of the resize (default {DEFAULT_LIMIT_SIDE_LEN})")
+    group.add_argument("--limit-type", choices=["min", "max"], default=DEFAULT_LIMIT_TYPE,
+                       help=f"max: longer side at most the limit; min: shorter side at least (default {DEFAULT_LIMIT_TYPE})")
+    group.add_argument("--input-size", type=_size, metavar="HxW",
+                       help="letterbox every image into this fixed input size (multiples of 32)")
+    group.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    boxes = parser.add_argument_group("box formation (edgedb.boxes_from_prob)")
+    boxes.add_argument("--thresh", type=float, default=DEFAULT_BOXES["thresh"], help="binarization threshold")
+    boxes.add_argument("--box-thresh", type=float, default=DEFAULT_BOXES["box_thresh"], help="minimum box score")
+    boxes.add_argument("--unclip-ratio", type=float, default=DEFAULT_BOXES["unclip_ratio"],
+                       help="r' of the offset D' = A'r'/L'")
+    boxes.add_argument("--max-candidates", type=int, default=DEFAULT_BOXES["max_candidates"],
+                       help="regions considered at most")
+    boxes.add_argument("--min-size", type=float, default=DEFAULT_BOXES["min_size"], help="minimum short side of a region")
+    boxes.add_argument("--score-mode", choices=["fast", "slow"], default=DEFAULT_BOXES["score_mode"],
+                       help="mean inside the box (fast) or the region's contour (slow)")
+    boxes.add_argument("--box-type", choices=["quad", "poly"], default=DEFAULT_BOXES["box_type"],
+                       help="rectangles or polygons")
+    boxes.add_argument("--use-dilation", action="store_true", help="dilate the binary map by 2x2 first")
+
+
+def _detector(args: argparse.Namespace):
+    from edgedb.detector import EdgeDetector
+
+    return EdgeDetector(
+        args.model, args.backend, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
+        input_size=args.input_size, threads=args.threads, thresh=args.thresh, box_thresh=args.box_thresh,
+        unclip_ratio=args.unclip_ratio, max_candidates=args.max_candidates, min_size=args.min_size,
+        score_mode=args.score_mode, box_type=args.box_type, use_dilation=args.use_dilation,
     )
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _image_paths(inputs: Sequence[Path]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise EdgeDBError(f"{item} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += found
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise EdgeDBError(f"{item}: no such file or folder")
+    return paths
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
     import cv2
+    from tqdm import tqdm
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise EdgeDBError(f"cannot read {path} as an image (missing, unreadable or not an image file)")
-    return image
+    from edgedb.preprocess import as_bgr_image
+    from edgedb.visualize import draw_boxes
 
-
-def _cmd_boxes(args: argparse.Namespace) -> int:
-    from edgedb.boxes import boxes_from_prob
-    from edgedb.probmap import ProbabilityMapper
-
-    inputs: list[tuple[str, np.ndarray]] = []
+    sources: list[tuple[str, object]] = []
     if args.sample or not args.images:
         from edgedb.synthetic import make_text_image
 
-        inputs.append(("sample (generated, seed 0)", make_text_image(0, size=(720, 1280)).image))
-    inputs += [(str(path), _read_image(path)) for path in args.images]
-
-    mapper = ProbabilityMapper(args.model, limit_side_len=args.limit_side_len, limit_type=args.limit_type)
+        sources.append(("sample.png", make_text_image(0, size=(720, 1280)).image))
+    sources += [(str(path), path) for path in _image_paths(args.images)]
+    if args.draw:
+        args.draw.mkdir(parents=True, exist_ok=True)
     report = []
-    for name, image in inputs:
-        prob = mapper(image)
-        start = time.perf_counter()
-        boxes = boxes_from_prob(prob, dest_size=image.shape[:2], **_box_kwargs(args))
-        elapsed = time.perf_counter() - start
-        print(f"{name}: {image.shape[1]}x{image.shape[0]} image, {prob.shape[1]}x{prob.shape[0]} map, "
-              f"{len(boxes)} boxes formed in {elapsed * 1e3:.2f} ms")
-        for box in boxes:
-            corners = " ".join(f"{x:.0f},{y:.0f}" for x, y in box.points)
-            print(f"  {box.score:.3f}  {corners}")
-        report.append({"image": name, "boxes": [box.to_dict() for box in boxes]})
+    with _detector(args) as detector:
+        for name, source in tqdm(sources, desc="detect", unit="image", disable=len(sources) < 3, file=sys.stderr):
+            image = as_bgr_image(source)
+            boxes = detector.detect(image)
+            report.append({"image": name, "height": image.shape[0], "width": image.shape[1],
+                           "boxes": [box.to_dict() for box in boxes]})
+            if not args.json:
+                print(f"{name}: {len(boxes)} boxes")
+                for box in boxes:
+                    print(f"  {box.score:.3f}  " + " ".join(f"{x:.0f},{y:.0f}" for x, y in box.points))
+            if args.draw:
+                out = args.draw / (Path(name).stem + ".png")
+                cv2.imwrite(str(out), draw_boxes(image, boxes))
+                print(f"  drawn: {out}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        text = json.dumps(report, indent=1)
+        if str(args.json) == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text)
+            print(f"wrote {args.json} ({len(report)} images)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from edgedb.evaluation import EvalResult, IcdarDataset, evaluate_image
+
+    dataset = IcdarDataset(args.images, args.gt)
+    results = []
+    with _detector(args) as detector:
+        for name, image_path, ground_truth in tqdm(dataset, desc="eval", unit="image", file=sys.stderr):
+            results.append(evaluate_image(detector.detect(image_path), ground_truth, name))
+    summary = EvalResult.from_images(results)
+    print(f"{len(results)} images: precision {summary.precision:.4f}  recall {summary.recall:.4f}  "
+          f"hmean {summary.hmean:.4f}  ({summary.matched} matched, {summary.gt_care} ground truth, "
+          f"{summary.det_care} detections)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary.to_dict(), indent=1))
         print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_rewrite(args: argparse.Namespace) -> int:
+    import onnx
+
+    from edgedb.graph import rewrite_file
+    from edgedb.models import resolve_model, zoo_spec
+    from edgedb.spec import guess_spec, spec_from_metadata
+
+    source = resolve_model(args.input)
+    proto = onnx.load(str(source), load_external_data=False)
+    spec = spec_from_metadata(proto) or zoo_spec(args.input) or guess_spec(proto)
+    overrides = {key: value for key, value in (
+        ("input_name", args.input_name), ("prob_output", args.prob_output), ("channel_order", args.channel_order),
+        ("mean", tuple(args.mean) if args.mean else None), ("std", tuple(args.std) if args.std else None),
+    ) if value is not None}
+    spec = spec.with_(**overrides)
+    new_spec = rewrite_file(
+        source, args.output, spec, opset=args.opset, fold=not args.no_fold, prune=not args.no_prune,
+        fuse_preprocessing=not args.no_fuse_preprocessing, dynamic=not args.no_dynamic,
+    )
+    print(f"wrote {args.output}: input {new_spec.input_name!r}, output {new_spec.prob_output!r}")
     return 0
 
 
@@ -91,21 +171,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and decisions")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    boxes = commands.add_parser(
-        "boxes",
-        help="run the model on images and form text boxes from its probability map",
-        description="Computes the probability map of each image with the model on ONNX Runtime (CPU), "
-        "forms the text boxes with edgedb's C++ core and prints them. Without images, uses a generated sample.",
-    )
-    boxes.add_argument("images", nargs="*", type=Path, help="image files (default: a generated sample image)")
-    boxes.add_argument("--sample", action="store_true", help="also run on a generated sample image")
-    boxes.add_argument("--model", default="ppocrv4-det", help="zoo name or ONNX path (default ppocrv4-det)")
-    boxes.add_argument("--limit-side-len", type=int, default=736, help="side limit of the resize (default 736)")
-    boxes.add_argument("--limit-type", choices=["min", "max"], default="min",
-                       help="min: shorter side at least the limit; max: longer side at most (default min)")
-    boxes.add_argument("--json", metavar="FILE", help="also write the boxes as JSON")
-    _add_box_arguments(boxes)
-    boxes.set_defaults(run=_cmd_boxes)
+    detect = commands.add_parser("detect", help="detect text in images",
+                                 description="Runs EdgeDetector on images or folders of images. "
+                                 "Without images, on a generated sample image.")
+    detect.add_argument("images", nargs="*", type=Path, help="image files or folders (default: a generated sample)")
+    detect.add_argument("--sample", action="store_true", help="also run on a generated sample image")
+    detect.add_argument("--json", metavar="FILE", help="write the boxes as JSON (- for stdout)")
+    detect.add_argument("--draw", type=Path, metavar="DIR", help="write each image with its boxes drawn into DIR")
+    _add_detector_arguments(detect)
+    detect.set_defaults(run=_cmd_detect)
+
+    evaluate = commands.add_parser("eval", help="ICDAR 2015 precision, recall and hmean",
+                                   description="Evaluates EdgeDetector on images with ICDAR 2015 ground truth "
+                                   "(gt_img_N.txt per img_N.jpg; IoU > 0.5, one-to-one, ### regions don't care).")
+    evaluate.add_argument("--images", type=Path, required=True, help="folder of images")
+    evaluate.add_argument("--gt", type=Path, help="folder of gt_*.txt files (default: ../gt or ./gt)")
+    evaluate.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    _add_detector_arguments(evaluate)
+    evaluate.set_defaults(run=_cmd_eval)
+
+    rewrite = commands.add_parser("rewrite", help="rewrite a DBNet ONNX export for deployment",
+                                  description="Upgrades the opset, folds constants, prunes the threshold "
+                                  "branch, fuses preprocessing (uint8 NHWC BGR frames in), names the output "
+                                  "'prob' and makes batch, height and width dynamic (edgedb.graph.rewrite_file).")
+    rewrite.add_argument("input", help="zoo name or ONNX path")
+    rewrite.add_argument("output", type=Path, help="where to write the rewritten ONNX")
+    rewrite.add_argument("--opset", type=int, default=17, help="target opset (default 17)")
+    rewrite.add_argument("--no-fold", action="store_true", help="skip constant folding")
+    rewrite.add_argument("--no-prune", action="store_true", help="keep threshold/binary-map outputs")
+    rewrite.add_argument("--no-fuse-preprocessing", action="store_true", help="keep the float NCHW input")
+    rewrite.add_argument("--no-dynamic", action="store_true", help="keep the input and output shapes as they are")
+    spec = rewrite.add_argument_group("model spec (edgedb.ModelSpec), for exports without one")
+    spec.add_argument("--input-name", help="the image input")
+    spec.add_argument("--prob-output", help="the probability-map output")
+    spec.add_argument("--channel-order", choices=["BGR", "RGB"], help="what the network was trained on")
+    spec.add_argument("--mean", type=float, nargs=3, help="per-channel mean on the 0..1 scale")
+    spec.add_argument("--std", type=float, nargs=3, help="per-channel std on the 0..1 scale")
+    rewrite.set_defaults(run=_cmd_rewrite)
     return parser
 
 
@@ -121,6 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except EdgeDBError as error:
         print(f"edgedb {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. piped into head
+        return 0
 
 
 if __name__ == "__main__":

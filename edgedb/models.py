@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 from edgedb.errors import ModelError
+from edgedb.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 DEFAULT_MODEL = "ppocrv4-det"
 
@@ -16,6 +17,18 @@ DEFAULT_MODEL = "ppocrv4-det"
 _ZOO = {
     "ppocrv4-det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", "pip install rapidocr_onnxruntime"),
 }
+
+# PaddleOCR trains its detectors on BGR frames normalized with the ImageNet statistics.
+_ZOO_SPECS = {
+    "ppocrv4-det": ModelSpec(
+        input_name="x", prob_output="sigmoid_0.tmp_0", channel_order="BGR", mean=IMAGENET_MEAN, std=IMAGENET_STD
+    ),
+}
+
+
+def zoo_spec(model) -> ModelSpec | None:
+    """The spec of a zoo entry, or None for anything else."""
+    return _ZOO_SPECS.get(str(model))
 
 
 def zoo_names() -> list[str]:

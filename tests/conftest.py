@@ -1,8 +1,8 @@
 """Shared fixtures: real probability maps from the default model on generated images.
 
-The maps come from PP-OCRv4 det (shipped in rapidocr_onnxruntime) run with ONNX Runtime on
-images edgedb generates, so the suite needs no data from outside the project. Where
-``../shared/data`` exists (developer machines), its photos are added.
+The maps come from PP-OCRv4 det (shipped in rapidocr_onnxruntime) run by EdgeDetector
+with ONNX Runtime on images edgedb generates, so the suite needs no data from outside the
+project. Where ``../shared/data`` exists (developer machines), its photos are added.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgedb.probmap import ProbabilityMapper
+from edgedb import EdgeDetector
 from edgedb.synthetic import make_text_image
 
 SHARED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
@@ -34,11 +34,30 @@ def _images():
     return images
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_model_cache(tmp_path_factory):
+    """Rewritten models go to a temporary cache, not the user's ~/.cache/edgedb."""
+    previous = os.environ.get("EDGEDB_CACHE")
+    os.environ["EDGEDB_CACHE"] = str(tmp_path_factory.mktemp("edgedb-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("EDGEDB_CACHE", None)
+    else:
+        os.environ["EDGEDB_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
-def real_maps():
-    """name -> (probability map float32 (H', W'), original image shape (H, W))."""
-    mapper = ProbabilityMapper(threads=2)
-    return {name: (mapper(image), image.shape[:2]) for name, image in _images().items()}
+def detector():
+    with EdgeDetector(threads=2) as detector:
+        yield detector
+
+
+@pytest.fixture(scope="session")
+def real_maps(detector):
+    """name -> (probability map float32 (H', W'), original image shape (H, W)), at the
+    resolution RapidOCR uses (shorter side 736)."""
+    with EdgeDetector(threads=2, limit_type="min", limit_side_len=736) as mapper:
+        return {name: (mapper.probability_map(image), image.shape[:2]) for name, image in _images().items()}
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,61 @@
+"""The ONNX Runtime backend: the CPU path, and the reference TensorRT results are
+checked against."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import numpy as np
+
+from edgedb.backends.base import Backend
+from edgedb.errors import EdgeDBError, InvalidInputError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+def session_options(threads: Optional[int] = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # One inference at a time uses every core inside each operator.
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    return options
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX Runtime CPU session over a model file, serialized bytes or a ModelProto."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: Union[str, Path, bytes, "onnx.ModelProto"], *, threads: Optional[int] = None):  # noqa: F821
+        import onnxruntime as ort
+
+        if hasattr(model, "SerializeToString"):
+            model = model.SerializeToString()
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self._session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT raises its own exception types; say what failed
+            where = "the given model" if isinstance(source, bytes) else source
+            raise ModelError(f"ONNX Runtime cannot load {where}: {error}") from error
+        self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.output_names = tuple(o.name for o in self._session.get_outputs())
+        log.info("onnxruntime session: inputs %s, outputs %s", self.input_names, self.output_names)
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.closed:
+            raise EdgeDBError("this backend is closed")
+        missing = set(self.input_names) - set(feed)
+        if missing:
+            raise InvalidInputError(f"missing inputs {sorted(missing)}; the model takes {list(self.input_names)}")
+        outputs = self._session.run(list(self.output_names), {name: feed[name] for name in self.input_names})
+        return dict(zip(self.output_names, outputs))
+
+    def _release(self) -> None:
+        del self._session

@@ -1,0 +1,231 @@
+"""EdgeDetector: text boxes from images with one object.
+
+It loads a DBNet export (a zoo name or an ONNX path), rewrites it once for deployment
+(uint8 frames in, preprocessing fused, only the probability map out), runs it on a
+backend, and forms boxes with the C++ core, mapped back to original image pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from edgedb.backends import create_backend
+from edgedb.boxes import TextBox, boxes_from_prob
+from edgedb.errors import EdgeDBError, InvalidInputError, ModelError
+from edgedb.models import DEFAULT_MODEL, resolve_model, zoo_spec
+from edgedb.preprocess import (
+    PreparedFrame,
+    as_bgr_image,
+    check_fixed_size,
+    prepare_fixed,
+    prepare_limit,
+)
+from edgedb.spec import ModelSpec, guess_spec, spec_from_metadata
+
+log = logging.getLogger(__name__)
+
+ImageLike = Union[np.ndarray, str, Path]
+
+# Defaults measured on ICDAR 2015 (bench/RESULTS.md, "Detector defaults").
+DEFAULT_LIMIT_SIDE_LEN = 960
+DEFAULT_LIMIT_TYPE = "max"
+DEFAULT_BOXES = dict(
+    thresh=0.3, box_thresh=0.6, unclip_ratio=1.5, max_candidates=1000, min_size=3,
+    score_mode="fast", box_type="quad", use_dilation=False,
+)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("EDGEDB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "edgedb"
+    )
+    return Path(root)
+
+
+def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *, cache: bool = True):
+    """The rewritten (deployable) form of a model and its spec.
+
+    A model already rewritten by edgedb is used as is. Anything else is rewritten once
+    and kept in the cache folder ($EDGEDB_CACHE, else ~/.cache/edgedb), keyed by the
+    file's and the spec's hashes, so later loads skip the rewrite.
+    """
+    import onnx
+
+    from edgedb import __version__
+    from edgedb.graph import rewrite_model
+
+    path = resolve_model(model)
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path} is not an ONNX model onnx can read: {error}") from error
+    stored = spec_from_metadata(proto)
+    if stored is not None and stored.fused_preprocessing and spec is None:
+        return proto, stored
+    spec = spec or stored or zoo_spec(model) or guess_spec(proto)
+    key = hashlib.sha256(path.read_bytes() + spec.to_json().encode() + __version__.encode()).hexdigest()[:24]
+    cached = _cache_dir() / f"{path.stem}-{key}.onnx"
+    if cache and cached.is_file():
+        try:
+            rewritten = onnx.load(str(cached))
+            return rewritten, spec_from_metadata(rewritten)
+        except Exception:  # a damaged cache entry is rebuilt below
+            log.warning("ignoring unreadable cache entry %s", cached)
+    log.info("rewriting %s for deployment", path)
+    rewritten, new_spec = rewrite_model(proto, spec)
+    if cache:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp{os.getpid()}")
+            onnx.save(rewritten, str(tmp))
+            tmp.replace(cached)
+        except OSError as error:  # a read-only home must not stop detection
+            log.warning("cannot cache the rewritten model in %s: %s", cached.parent, error)
+    return rewritten, new_spec
+
+
+class EdgeDetector:
+    """DBNet text detection: ``detect(image) -> list[TextBox]`` in original image pixels.
+
+    Args:
+        model: a zoo name (default ``"ppocrv4-det"``) or a path to a DBNet ONNX export
+            (rewritten by ``edgedb rewrite`` or not: a plain export is rewritten once).
+        backend: ``"auto"``, ``"cpu"``/``"onnxruntime"`` or ``"tensorrt"``.
+        spec: how to feed the model, for exports without edgedb metadata; a guess from the
+            graph and the zoo's normalization otherwise.
+        limit_side_len, limit_type: input size in ``limit`` mode: the longer side at most
+            (``"max"``) or the shorter side at least (``"min"``) ``limit_side_len``, rounded
+            to multiples of 32.
+        input_size: ``(height, width)``, multiples of 32: letterbox every image into this
+            fixed size instead (what a static TensorRT profile wants).
+        max_side_len: cap on the longer input side, for huge images.
+        threads: CPU threads for the backend (default: all cores).
+        thresh, box_thresh, unclip_ratio, max_candidates, min_size, score_mode, box_type,
+        use_dilation: box formation, as in :func:`edgedb.boxes_from_prob`.
+
+    Use it as a context manager, or call ``close()``, to free the backend.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, Path] = DEFAULT_MODEL,
+        backend: str = "auto",
+        *,
+        spec: Optional[ModelSpec] = None,
+        limit_side_len: int = DEFAULT_LIMIT_SIDE_LEN,
+        limit_type: str = DEFAULT_LIMIT_TYPE,
+        input_size: Optional[tuple[int, int]] = None,
+        max_side_len: int = 4096,
+        threads: Optional[int] = None,
+        thresh: float = DEFAULT_BOXES["thresh"],
+        box_thresh: float = DEFAULT_BOXES["box_thresh"],
+        unclip_ratio: float = DEFAULT_BOXES["unclip_ratio"],
+        max_candidates: int = DEFAULT_BOXES["max_candidates"],
+        min_size: float = DEFAULT_BOXES["min_size"],
+        score_mode: str = DEFAULT_BOXES["score_mode"],
+        box_type: str = DEFAULT_BOXES["box_type"],
+        use_dilation: bool = DEFAULT_BOXES["use_dilation"],
+    ):
+        self._box_options = dict(
+            thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio, max_candidates=max_candidates,
+            min_size=min_size, score_mode=score_mode, box_type=box_type, use_dilation=use_dilation,
+        )
+        boxes_from_prob(np.zeros((1, 1), np.float32), **self._box_options)  # checks the options now
+        self.limit_side_len, self.limit_type, self.max_side_len = limit_side_len, limit_type, max_side_len
+        prepare_limit(np.zeros((8, 8, 3), np.uint8), limit_side_len, limit_type, max_side_len=max_side_len)
+        self.model_proto, self.spec = load_deployable(model, spec)
+        self.input_size = check_fixed_size(input_size, self.spec.stride)
+        self._backend = create_backend(backend, self.model_proto, threads=threads)
+        self.backend_name = self._backend.name
+        if self.spec.input_name not in self._backend.input_names or "prob" not in self._backend.output_names:
+            raise ModelError(f"the rewritten model lacks input {self.spec.input_name!r} or output 'prob'")
+
+    # -- public API -------------------------------------------------------------------
+
+    def detect(self, image: ImageLike) -> list[TextBox]:
+        """Text boxes of one image (BGR uint8 (H, W, 3), gray, BGRA, or a file path)."""
+        prepared = self._prepare(image)
+        return self._form(self._infer([prepared.frame])[0], prepared)
+
+    def probability_map(self, image: ImageLike) -> np.ndarray:
+        """The probability map P of one image: float32, over the part of the network input
+        the image covers (multiples of 32 in ``limit`` mode)."""
+        prepared = self._prepare(image)
+        ch, cw = prepared.content
+        return self._infer([prepared.frame])[0][:ch, :cw]
+
+    def detect_batch(self, images: Sequence[ImageLike]) -> list[list[TextBox]]:
+        """Text boxes of several images; frames of equal input size run as one batch."""
+        if isinstance(images, (np.ndarray, str, Path)):
+            raise InvalidInputError("detect_batch takes a sequence of images; use detect() for one")
+        prepared = [self._prepare(image) for image in images]
+        results: list[Optional[list[TextBox]]] = [None] * len(prepared)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault(item.frame.shape, []).append(index)
+        for indices in groups.values():
+            maps = self._infer([prepared[i].frame for i in indices])
+            for i, prob in zip(indices, maps):
+                results[i] = self._form(prob, prepared[i])
+        return results  # type: ignore[return-value]
+
+    def stream(self, images: Iterable[ImageLike]) -> Iterator[list[TextBox]]:
+        """Detects a stream of frames, yielding their boxes in order. Box formation of
+        one frame (C++, GIL released) overlaps inference of the next."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgedb-boxes") as pool:
+            pending = None
+            for image in images:
+                prepared = self._prepare(image)
+                prob = self._infer([prepared.frame])[0]
+                future = pool.submit(self._form, prob, prepared)
+                if pending is not None:
+                    yield pending.result()
+                pending = future
+            if pending is not None:
+                yield pending.result()
+
+    def close(self) -> None:
+        """Frees the backend; safe to call more than once."""
+        backend = getattr(self, "_backend", None)
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> "EdgeDetector":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = f"input_size={self.input_size}" if self.input_size else f"limit={self.limit_type}:{self.limit_side_len}"
+        return f"EdgeDetector(backend={self.backend_name!r}, {mode}, spec={self.spec})"
+
+    # -- steps ------------------------------------------------------------------------
+
+    def _prepare(self, image: ImageLike) -> PreparedFrame:
+        bgr = as_bgr_image(image)
+        if self.input_size is not None:
+            return prepare_fixed(bgr, self.input_size)
+        return prepare_limit(bgr, self.limit_side_len, self.limit_type, self.spec.stride, self.max_side_len)
+
+    def _infer(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        if self._backend.closed:
+            raise EdgeDBError("this EdgeDetector is closed")
+        batch = frames[0][None] if len(frames) == 1 else np.stack(frames)
+        prob = self._backend.infer({self.spec.input_name: batch})["prob"]
+        if prob.ndim != 4 or prob.shape[1] != 1 or prob.shape[0] != len(frames):
+            raise ModelError(f"the model's output has shape {prob.shape}, not (N, 1, H, W): not a DBNet probability map")
+        return [prob[i, 0] for i in range(len(frames))]
+
+    def _form(self, prob: np.ndarray, prepared: PreparedFrame) -> list[TextBox]:
+        ch, cw = prepared.content
+        if prob.shape != prepared.frame.shape[:2]:
+            raise ModelError(f"the probability map is {prob.shape}, the input was {prepared.frame.shape[:2]}")
+        return boxes_from_prob(prob[:ch, :cw], dest_size=prepared.original, **self._box_options)
