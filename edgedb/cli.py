@@ -157,7 +157,7 @@ def _cmd_rewrite(args: argparse.Namespace) -> int:
     spec = spec.with_(**overrides)
     new_spec = rewrite_file(
         source, args.output, spec, opset=args.opset, fold=not args.no_fold, prune=not args.no_prune,
-        fuse_preprocessing=not args.no_fuse_preprocessing, dynamic=not args.no_dynamic,
+        simplify=not args.no_simplify, fuse_preprocessing=not args.no_fuse_preprocessing, dynamic=not args.no_dynamic,
     )
     print(f"wrote {args.output}: input {new_spec.input_name!r}, output {new_spec.prob_output!r}")
     return 0
@@ -192,13 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     rewrite = commands.add_parser("rewrite", help="rewrite a DBNet ONNX export for deployment",
                                   description="Upgrades the opset, folds constants, prunes the threshold "
-                                  "branch, fuses preprocessing (uint8 NHWC BGR frames in), names the output "
+                                  "branch, folds affine layers into convolutions and fuses HardSwish, fuses preprocessing (uint8 NHWC BGR frames in), names the output "
                                   "'prob' and makes batch, height and width dynamic (edgedb.graph.rewrite_file).")
     rewrite.add_argument("input", help="zoo name or ONNX path")
     rewrite.add_argument("output", type=Path, help="where to write the rewritten ONNX")
     rewrite.add_argument("--opset", type=int, default=17, help="target opset (default 17)")
     rewrite.add_argument("--no-fold", action="store_true", help="skip constant folding")
     rewrite.add_argument("--no-prune", action="store_true", help="keep threshold/binary-map outputs")
+    rewrite.add_argument("--no-simplify", action="store_true",
+                         help="keep affine layers and the HardSwish decomposition as exported")
     rewrite.add_argument("--no-fuse-preprocessing", action="store_true", help="keep the float NCHW input")
     rewrite.add_argument("--no-dynamic", action="store_true", help="keep the input and output shapes as they are")
     spec = rewrite.add_argument_group("model spec (edgedb.ModelSpec), for exports without one")

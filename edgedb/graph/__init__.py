@@ -13,10 +13,14 @@ from edgedb.graph.passes import (
     upgrade_opset,
 )
 from edgedb.graph.rewrite import check_dbnet, load_model, rewrite_file, rewrite_model
+from edgedb.graph.simplify import fold_affine_into_next_conv, fold_conv_affine, fuse_hardswish
 
 __all__ = [
     "check_dbnet",
+    "fold_affine_into_next_conv",
     "fold_constants",
+    "fold_conv_affine",
+    "fuse_hardswish",
     "fuse_preprocessing",
     "load_model",
     "make_dynamic",

@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from edgedb import __version__
 from edgedb.errors import ModelError
 from edgedb.graph import passes
+from edgedb.graph import simplify as simplify_passes
 from edgedb.spec import METADATA_KEY, ModelSpec, guess_spec, spec_from_metadata, store_spec
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def rewrite_model(
     opset: int = 17,
     fold: bool = True,
     prune: bool = True,
+    simplify: bool = True,
     fuse_preprocessing: bool = True,
     dynamic: bool = True,
 ) -> tuple[onnx.ModelProto, ModelSpec]:
@@ -98,7 +100,9 @@ def rewrite_model(
 
     ``spec`` defaults to the one in the model's metadata, else to one guessed from the
     graph. Passes run in this order: opset upgrade, constant folding, output pruning,
-    preprocessing fusion, renaming the map to ``prob``, dynamic dims. The caller's
+    exact simplifications (affine layers folded into convolutions, HardSwish fused; see
+    ``edgedb.graph.simplify``), preprocessing fusion, renaming the map to ``prob``,
+    dynamic dims. The caller's
     ModelProto is not modified.
 
     Raises:
@@ -118,6 +122,12 @@ def rewrite_model(
     if prune:
         passes.prune_outputs(graph, spec.prob_output)
         counts["pruned"] = len(graph.nodes)
+    if simplify:
+        simplify_passes.fold_conv_affine(graph)
+        if passes.default_opset(upgraded) >= 14:  # HardSwish exists from opset 14
+            simplify_passes.fuse_hardswish(graph)
+        simplify_passes.fold_affine_into_next_conv(graph)
+        counts["simplified"] = len(graph.nodes)
     if fuse_preprocessing:
         graph, spec = passes.fuse_preprocessing(graph, spec)
         counts["fused"] = len(graph.nodes)

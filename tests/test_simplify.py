@@ -1,0 +1,113 @@
+"""Exact graph simplifications: affine folds and HardSwish fusion, checked for parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgedb.graph import fold_affine_into_next_conv, fold_conv_affine, fuse_hardswish, rewrite_model
+from edgedb.models import resolve_model, zoo_spec
+
+
+def const(name, value):
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def lcnet_like_model(seed: int = 0) -> onnx.ModelProto:
+    """Conv -> scalar affine -> HardSwish (decomposed) -> per-channel affine -> 1x1 Conv,
+    and a second branch whose affine feeds a padded 3x3 Conv (must keep its Add)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        const("w1", rng.normal(0, 0.5, (6, 4, 3, 3))), const("b1", rng.normal(0, 0.1, 6)),
+        const("s1", [1.3]), const("t1", [0.2]),
+        const("three", 3.0), const("zero", 0.0), const("six", 6.0),
+        const("s2", rng.uniform(0.5, 1.5, (1, 6, 1, 1))), const("t2", rng.normal(0, 0.3, (1, 6, 1, 1))),
+        const("w2", rng.normal(0, 0.5, (5, 6, 1, 1))), const("b2", rng.normal(0, 0.1, 5)),
+        const("s3", [0.7]), const("t3", [-0.4]),
+        const("w3", rng.normal(0, 0.5, (3, 6, 3, 3))),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c1", "s1"], ["m1"]),
+        helper.make_node("Add", ["m1", "t1"], ["a1"]),
+        helper.make_node("Add", ["a1", "three"], ["h0"]),
+        helper.make_node("Clip", ["h0", "zero", "six"], ["h1"]),
+        helper.make_node("Mul", ["a1", "h1"], ["h2"]),
+        helper.make_node("Div", ["h2", "six"], ["hs"]),
+        helper.make_node("Mul", ["hs", "s2"], ["m2"]),
+        helper.make_node("Add", ["m2", "t2"], ["a2"]),
+        helper.make_node("Conv", ["a2", "w2", "b2"], ["y1"]),
+        helper.make_node("Mul", ["hs", "s3"], ["m3"]),
+        helper.make_node("Add", ["m3", "t3"], ["a3"]),
+        helper.make_node("Conv", ["a3", "w3"], ["y2"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "lcnet_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+        [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["n", 5, "h", "w"]),
+         helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def simplified(model: onnx.ModelProto, *passes) -> onnx.ModelProto:
+    graph = gs.import_onnx(model)
+    for simplify in passes:
+        simplify(graph)
+    out = gs.export_onnx(graph)
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 16, 16), (2, 4, 9, 13)])
+def test_all_passes_keep_the_outputs(shape):
+    model = lcnet_like_model()
+    x = np.random.default_rng(1).normal(0, 2, shape).astype(np.float32)
+    out = simplified(model, fold_conv_affine, fuse_hardswish, fold_affine_into_next_conv)
+    for a, b in zip(run(model, x), run(out, x)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("HardSwish") == 1 and "Clip" not in ops and "Div" not in ops
+    # The first affine went into the first Conv, the second into the unpadded 1x1 Conv;
+    # the third stays because its Conv is padded.
+    assert ops.count("Mul") == 1 and ops.count("Add") == 1
+    assert len(out.graph.node) == 6
+
+
+def test_each_pass_alone_keeps_the_outputs():
+    model = lcnet_like_model(3)
+    x = np.random.default_rng(2).normal(0, 2, (1, 4, 12, 12)).astype(np.float32)
+    expected = run(model, x)
+    for simplify in (fold_conv_affine, fuse_hardswish, fold_affine_into_next_conv):
+        for a, b in zip(expected, run(simplified(model, simplify), x)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_conv_output_is_not_folded():
+    model = lcnet_like_model()
+    model.graph.output.append(helper.make_tensor_value_info("c1", TensorProto.FLOAT, ["n", 6, "h", "w"]))
+    out = simplified(model, fold_conv_affine)
+    assert sum(n.op_type == "Mul" for n in out.graph.node) == sum(n.op_type == "Mul" for n in model.graph.node)
+
+
+def test_default_model_gets_smaller_and_keeps_its_map():
+    from edgedb.synthetic import make_text_image
+
+    spec = zoo_spec("ppocrv4-det")
+    plain, _ = rewrite_model(resolve_model("ppocrv4-det"), spec, simplify=False)
+    simple, _ = rewrite_model(resolve_model("ppocrv4-det"), spec)
+    assert len(simple.graph.node) < 0.6 * len(plain.graph.node)
+    frame = make_text_image(4, size=(256, 320)).image[None]
+    outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+               .run(None, {"image": frame})[0] for m in (plain, simple)]
+    assert np.abs(outputs[0] - outputs[1]).max() < 1e-4
