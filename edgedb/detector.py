@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 ImageLike = Union[np.ndarray, str, Path]
 
 # Defaults measured on ICDAR 2015 (bench/RESULTS.md, "Detector defaults").
-DEFAULT_LIMIT_SIDE_LEN = 960
-DEFAULT_LIMIT_TYPE = "max"
+DEFAULT_LIMIT_SIDE_LEN = 736
+DEFAULT_LIMIT_TYPE = "min"
 DEFAULT_BOXES = dict(
     thresh=0.3, box_thresh=0.6, unclip_ratio=1.5, max_candidates=1000, min_size=3,
     score_mode="fast", box_type="quad", use_dilation=False,
@@ -60,6 +60,7 @@ def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *
 
     from edgedb import __version__
     from edgedb.graph import rewrite_model
+    from edgedb.graph.rewrite import REWRITE_REVISION
 
     path = resolve_model(model)
     try:
@@ -70,7 +71,8 @@ def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *
     if stored is not None and stored.fused_preprocessing and spec is None:
         return proto, stored
     spec = spec or stored or zoo_spec(model) or guess_spec(proto)
-    key = hashlib.sha256(path.read_bytes() + spec.to_json().encode() + __version__.encode()).hexdigest()[:24]
+    identity = f"{spec.to_json()}|{__version__}|{REWRITE_REVISION}".encode()
+    key = hashlib.sha256(path.read_bytes() + identity).hexdigest()[:24]
     cached = _cache_dir() / f"{path.stem}-{key}.onnx"
     if cache and cached.is_file():
         try:

@@ -22,6 +22,9 @@ from edgedb.spec import METADATA_KEY, ModelSpec, guess_spec, spec_from_metadata,
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever the passes change what they produce, so cached rewrites are redone.
+REWRITE_REVISION = 2
+
 PRODUCER_NAME = "edgedb"
 
 _ELEM_FLOAT = onnx.TensorProto.FLOAT
