@@ -22,7 +22,7 @@ from tqdm import tqdm
 import edgedb
 from edgedb.evaluation import EvalResult, IcdarDataset, evaluate_image
 from edgedb.models import resolve_model
-from edgedb.preprocess import resized_shape
+from edgedb.preprocess import prepare_limit
 from edgedb.spec import IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +35,12 @@ def probability_maps(session, images, normalization, size):
     mean, std = (np.array(v, np.float32) * 255 for v in NORMALIZATIONS[normalization])
     maps, seconds = [], 0.0
     for image in images:
-        h, w = resized_shape(*image.shape[:2], size[1], size[0])
-        blob = ((cv2.resize(image, (w, h)).astype(np.float32) - mean) / std).transpose(2, 0, 1)[None]
+        prepared = prepare_limit(image, size[1], size[0])
+        blob = ((prepared.frame.astype(np.float32) - mean) / std).transpose(2, 0, 1)[None]
         start = time.perf_counter()
-        maps.append(session.run(None, {session.get_inputs()[0].name: blob})[0][0, 0])
+        prob = session.run(None, {session.get_inputs()[0].name: blob})[0][0, 0]
         seconds += time.perf_counter() - start
+        maps.append(prob[: prepared.content[0], : prepared.content[1]])
     return maps, seconds / len(images)
 
 

@@ -1,9 +1,10 @@
 """Frame preparation: the part of preprocessing that stays outside the graph.
 
 Rewritten models take uint8 BGR frames and normalize inside, so all that is left here is
-choosing the input size (multiples of the stride) and resizing, either keeping the whole
-image with a slight aspect change (``limit`` mode, as PaddleOCR does) or letterboxing
-into a fixed input size (``fixed`` mode, what static TensorRT profiles want).
+choosing the input size and resizing, aspect kept, then padding to multiples of the
+stride: to a side limit (``limit`` mode) or letterboxed into a fixed input size
+(``fixed`` mode, what static TensorRT profiles want). The network sees the padding;
+box formation reads only the part of the map that covers the image.
 """
 
 from __future__ import annotations
@@ -20,13 +21,7 @@ from edgedb.errors import InvalidInputError, InvalidInputTypeError
 LIMIT_TYPES = ("min", "max")
 
 
-def resized_shape(
-    height: int, width: int, limit_side_len: int = 960, limit_type: str = "max", *, stride: int = 32,
-    max_side_len: int = 4096,
-) -> tuple[int, int]:
-    """Input (height, width) for an image: scaled so the shorter side reaches at least
-    (``"min"``) or the longer side at most (``"max"``) ``limit_side_len``, never beyond
-    ``max_side_len``, then rounded to multiples of ``stride`` (at least one stride)."""
+def _scale(height: int, width: int, limit_side_len: int, limit_type: str, max_side_len: int) -> float:
     if limit_type not in LIMIT_TYPES:
         raise InvalidInputError(f"limit_type must be 'min' or 'max', not {limit_type!r}")
     if limit_side_len <= 0 or max_side_len <= 0:
@@ -35,12 +30,23 @@ def resized_shape(
         ratio = limit_side_len / min(height, width) if min(height, width) < limit_side_len else 1.0
     else:
         ratio = limit_side_len / max(height, width) if max(height, width) > limit_side_len else 1.0
-    ratio = min(ratio, max_side_len / max(height, width))  # huge or very long images
+    return min(ratio, max_side_len / max(height, width))  # huge or very long images
 
-    def to_stride(side: int) -> int:
-        return max(stride, int(round(int(side * ratio) / stride)) * stride)
 
-    return to_stride(height), to_stride(width)
+def resized_shape(
+    height: int, width: int, limit_side_len: int = 736, limit_type: str = "min", *, stride: int = 32,
+    max_side_len: int = 4096,
+) -> tuple[int, int]:
+    """Content (height, width) of an image scaled, aspect kept, so its shorter side reaches
+    at least (``"min"``) or its longer side at most (``"max"``) ``limit_side_len``, and its
+    longer side stays within ``max_side_len``. Never below one pixel."""
+    ratio = _scale(height, width, limit_side_len, limit_type, max_side_len)
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+def padded_to(side: int, stride: int) -> int:
+    """The smallest multiple of ``stride`` that holds ``side``."""
+    return max(stride, -(-side // stride) * stride)
 
 
 @dataclass(frozen=True)
@@ -54,11 +60,17 @@ class PreparedFrame:
 
 def prepare_limit(image: np.ndarray, limit_side_len: int, limit_type: str, stride: int = 32,
                   max_side_len: int = 4096) -> PreparedFrame:
-    """Resizes the whole image to multiples of the stride (aspect changes slightly)."""
+    """Scales the image keeping its aspect (see ``resized_shape``), then pads it with black
+    at the bottom and right to multiples of the stride."""
     h, w = image.shape[:2]
-    rh, rw = resized_shape(h, w, limit_side_len, limit_type, stride=stride, max_side_len=max_side_len)
-    frame = image if (rh, rw) == (h, w) else cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    return PreparedFrame(np.ascontiguousarray(frame), (rh, rw), (h, w))
+    ch, cw = resized_shape(h, w, limit_side_len, limit_type, stride=stride, max_side_len=max_side_len)
+    content = image if (ch, cw) == (h, w) else cv2.resize(image, (cw, ch), interpolation=cv2.INTER_LINEAR)
+    height, width = padded_to(ch, stride), padded_to(cw, stride)
+    if (height, width) == (ch, cw):
+        return PreparedFrame(np.ascontiguousarray(content), (ch, cw), (h, w))
+    frame = np.zeros((height, width, 3), np.uint8)
+    frame[:ch, :cw] = content
+    return PreparedFrame(frame, (ch, cw), (h, w))
 
 
 def prepare_fixed(image: np.ndarray, input_size: tuple[int, int]) -> PreparedFrame:
