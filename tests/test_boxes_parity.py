@@ -12,22 +12,19 @@ import edgedb
 from edgedb.reference import boxes_from_prob_reference
 
 
-def assert_same_boxes(ours, reference, *, min_iou=0.9, min_fraction=0.99, score_tol=0.01):
-    matched = match([b.points for b in ours], [b.points for b in reference], min_iou)
-    total = max(len(ours), len(reference))
-    assert len(matched) >= min_fraction * total, f"{len(matched)} of {len(ours)} vs {len(reference)} matched"
-    for i, j in matched:
-        assert abs(ours[i].score - reference[j].score) <= score_tol
-
-
-def pooled(real_maps, form):
-    """Runs form(prob, shape) on every map and pools (ours, theirs) box lists."""
-    ours, theirs = [], []
-    for prob, shape in real_maps.values():
-        a, b = form(prob, shape)
-        ours.append(a)
-        theirs.append(b)
-    return ours, theirs
+def assert_same_boxes(pairs_of_lists, *, min_iou=0.9, min_fraction=0.99, score_tol=0.01):
+    """Pooled over maps: boxes matched one to one, and their scores close. A box whose
+    score sits on box_thresh may tip either way in one implementation, so no single map
+    is required to agree completely."""
+    total = matched = 0
+    for ours, reference in pairs_of_lists:
+        pairs = match([b.points for b in ours], [b.points for b in reference], min_iou)
+        total += max(len(ours), len(reference))
+        matched += len(pairs)
+        for i, j in pairs:
+            assert abs(ours[i].score - reference[j].score) <= score_tol
+    assert total > 100
+    assert matched >= min_fraction * total, f"{matched} of {total} matched"
 
 
 @pytest.mark.parametrize("score_mode", ["fast", "slow"])
@@ -51,9 +48,11 @@ def test_quads_match_rapidocr(real_maps, score_mode):
 @pytest.mark.parametrize("score_mode", ["fast", "slow"])
 @pytest.mark.parametrize("use_dilation", [False, True])
 def test_quads_match_reference(real_maps, score_mode, use_dilation):
-    for prob, shape in real_maps.values():
+    def both(prob, shape):
         kwargs = dict(score_mode=score_mode, use_dilation=use_dilation, dest_size=shape)
-        assert_same_boxes(edgedb.boxes_from_prob(prob, **kwargs), boxes_from_prob_reference(prob, **kwargs))
+        return edgedb.boxes_from_prob(prob, **kwargs), boxes_from_prob_reference(prob, **kwargs)
+
+    assert_same_boxes(both(prob, shape) for prob, shape in real_maps.values())
 
 
 @pytest.mark.parametrize("score_mode", ["fast", "slow"])
@@ -74,23 +73,25 @@ def test_polygons_match_reference(real_maps, score_mode):
     assert close >= 0.95 * matched
 
 
+def quantized(prob):
+    return np.round(prob * 255).astype(np.uint8)
+
+
 def test_uint8_map_matches_reference(real_maps):
-    for prob, shape in real_maps.values():
-        quantized = np.round(prob * 255).astype(np.uint8)
-        assert_same_boxes(
-            edgedb.boxes_from_prob(quantized, dest_size=shape), boxes_from_prob_reference(quantized, dest_size=shape)
-        )
+    assert_same_boxes(
+        (edgedb.boxes_from_prob(quantized(prob), dest_size=shape),
+         boxes_from_prob_reference(quantized(prob), dest_size=shape))
+        for prob, shape in real_maps.values()
+    )
 
 
 def test_uint8_map_gives_the_float_boxes(real_maps):
-    for prob, shape in real_maps.values():
-        quantized = np.round(prob * 255).astype(np.uint8)
-        assert_same_boxes(
-            edgedb.boxes_from_prob(quantized, dest_size=shape),
-            edgedb.boxes_from_prob(prob, dest_size=shape),
-            min_fraction=0.97,
-            score_tol=5e-3,
-        )
+    assert_same_boxes(
+        ((edgedb.boxes_from_prob(quantized(prob), dest_size=shape), edgedb.boxes_from_prob(prob, dest_size=shape))
+         for prob, shape in real_maps.values()),
+        min_fraction=0.97,
+        score_tol=5e-3,
+    )
 
 
 def test_row_strided_view_is_read_as_is(real_maps):
@@ -111,5 +112,8 @@ def test_flipped_rows_are_accepted(real_maps):
     prob, _ = next(iter(real_maps.values()))
     flipped = prob[::-1]
     assert flipped.strides[0] < 0
-    assert_same_boxes(edgedb.boxes_from_prob(flipped), edgedb.boxes_from_prob(np.ascontiguousarray(flipped)),
-                      min_iou=0.999, min_fraction=1.0, score_tol=0)
+    a, b = edgedb.boxes_from_prob(flipped), edgedb.boxes_from_prob(np.ascontiguousarray(flipped))
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.points, y.points)
+        assert x.score == y.score
