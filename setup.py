@@ -61,6 +61,7 @@ setup(
         "rapidocr_onnxruntime>=1.3",
         "tqdm>=4.60",
         "shapely>=2",  # polygon IoU of the ICDAR evaluation
+        "onnxconverter-common>=1.16",  # float16 conversion
     ],
     extras_require={
         "tensorrt": ["tensorrt>=10", "pycuda>=2022.1"],

@@ -163,6 +163,72 @@ def _cmd_rewrite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import onnx
+
+    from edgedb.detector import load_deployable
+    from edgedb.precision.calibration import calibration_images, collect_stats
+    from edgedb.spec import spec_from_metadata
+
+    model, _ = load_deployable(args.model)
+    if args.precision == "fp16":
+        from edgedb.precision import to_float16
+
+        result = to_float16(model)
+    else:
+        from edgedb.precision.int8 import quantize_int8, sensitive_layers
+
+        from edgedb.precision.calibration import DEFAULT_CACHE
+
+        if not args.calib:
+            raise EdgeDBError("INT8 needs a calibration set: --calib DIR (a folder of images) or a list file")
+        images = calibration_images(args.calib)
+        stats = collect_stats(model, images, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
+                              input_size=args.input_size, cache_dir=args.cache or DEFAULT_CACHE)
+        exclude = list(args.exclude)
+        if args.auto_exclude:
+            ranked = sensitive_layers(model, stats, images[: args.sensitivity_images], target=args.target,
+                                      method=args.method, limit_side_len=args.limit_side_len,
+                                      limit_type=args.limit_type, input_size=args.input_size)
+            chosen = [name for name, _ in ranked[: args.auto_exclude] if name not in exclude]
+            print("kept in float (most sensitive): " + ", ".join(f"{n} ({db:.1f} dB)" for n, db in ranked[: args.auto_exclude]))
+            exclude += chosen
+        result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude)
+    onnx.save(result, str(args.output))
+    print(f"wrote {args.output} ({args.precision}{'' if args.precision == 'fp16' else ', ' + args.target + ', ' + args.method}); "
+          f"spec: {spec_from_metadata(result).input_name!r} -> 'prob'")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from edgedb.evaluation import IcdarDataset
+    from edgedb.precision.compare import compare_precisions
+
+    dataset = IcdarDataset(args.images, args.gt)
+    samples = [(name, path, truth) for name, path, truth in dataset]
+    models = {Path(m).stem if Path(m).suffix == ".onnx" else m: m for m in [args.reference, *args.models]}
+    reports = compare_precisions(models, samples, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
+                                 input_size=args.input_size)
+    print(f"{'model':<28}{'P':>8}{'R':>8}{'H':>8}{'dH pts':>8}{'max err':>9}{'mean err':>10}{'bin IoU':>9}{'ms/img':>8}")
+    base = reports[0]
+    for r in reports:
+        print(f"{r.name[:27]:<28}{r.precision:>8.4f}{r.recall:>8.4f}{r.hmean:>8.4f}{100 * (r.hmean - base.hmean):>8.2f}"
+              f"{r.max_abs_error:>9.4f}{r.mean_abs_error:>10.5f}{r.binary_iou:>9.4f}{1e3 * r.seconds_per_image:>8.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_input_size_arguments(parser: argparse.ArgumentParser) -> None:
+    from edgedb.detector import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
+
+    group = parser.add_argument_group("frames, as the detector prepares them")
+    group.add_argument("--limit-side-len", type=int, default=DEFAULT_LIMIT_SIDE_LEN)
+    group.add_argument("--limit-type", choices=["min", "max"], default=DEFAULT_LIMIT_TYPE)
+    group.add_argument("--input-size", type=_size, metavar="HxW", help="fixed (letterboxed) input size")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgedb",
@@ -210,6 +276,41 @@ def build_parser() -> argparse.ArgumentParser:
     spec.add_argument("--mean", type=float, nargs=3, help="per-channel mean on the 0..1 scale")
     spec.add_argument("--std", type=float, nargs=3, help="per-channel std on the 0..1 scale")
     rewrite.set_defaults(run=_cmd_rewrite)
+
+    quantize = commands.add_parser(
+        "quantize", help="INT8 (calibrated Q/DQ) or FP16 model for TensorRT or the CPU",
+        description="Writes an explicitly quantized ONNX: INT8 with QuantizeLinear/DequantizeLinear pairs from "
+        "a calibration set (edgedb.precision.quantize_int8), or float16 weights and activations "
+        "(edgedb.precision.to_float16). Calibration statistics are cached: quantizing again with another "
+        "method, target or exclusions makes no new pass over the images.")
+    quantize.add_argument("model", help="zoo name or ONNX path (rewritten or not)")
+    quantize.add_argument("--output", "-o", type=Path, required=True, help="where to write the model")
+    quantize.add_argument("--precision", choices=["int8", "fp16"], default="int8")
+    quantize.add_argument("--calib", help="calibration images: a folder or a list file (INT8)")
+    quantize.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
+                          help="tensorrt: signed symmetric Q/DQ on convolutions; cpu: uint8 QDQ ONNX Runtime fuses")
+    quantize.add_argument("--method", choices=["max", "percentile", "entropy"], default="percentile",
+                          help="how activation ranges are chosen (default percentile)")
+    quantize.add_argument("--exclude", nargs="*", default=[], metavar="NODE", help="Conv nodes to keep in float")
+    quantize.add_argument("--auto-exclude", type=int, default=0, metavar="K",
+                          help="also keep the K convolutions most hurt by INT8 in float (sensitivity search)")
+    quantize.add_argument("--sensitivity-images", type=int, default=4, help="images the search uses (default 4)")
+    quantize.add_argument("--cache", type=Path, default=None,
+                          help="calibration statistics cache folder (default calibration/cache)")
+    _add_input_size_arguments(quantize)
+    quantize.set_defaults(run=_cmd_quantize)
+
+    compare = commands.add_parser(
+        "compare", help="accuracy and map error of models against a reference",
+        description="Per model: ICDAR 2015 hmean, max and mean absolute error of the probability map and "
+        "IoU of the binarized maps against the reference (edgedb.precision.compare_precisions).")
+    compare.add_argument("reference", help="the FP32 model (zoo name or ONNX path)")
+    compare.add_argument("models", nargs="+", help="models to compare (ONNX paths)")
+    compare.add_argument("--images", type=Path, required=True, help="ICDAR-style folder of images")
+    compare.add_argument("--gt", type=Path, help="folder of gt_*.txt files (default: ../gt or ./gt)")
+    compare.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    _add_input_size_arguments(compare)
+    compare.set_defaults(run=_cmd_compare)
     return parser
 
 

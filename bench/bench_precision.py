@@ -1,0 +1,87 @@
+"""What INT8 and FP16 cost in accuracy, and what INT8 gains in speed on the CPU.
+
+    python bench/bench_precision.py [--data DIR] [--methods entropy percentile max]
+
+Calibrates on images that are not evaluated (the photos and ICDAR 2015 dev img_1..50),
+evaluates on ICDAR 2015 dev img_51..100 with the detector's defaults: hmean, map errors
+against FP32, and time per image, all models in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--methods", nargs="+", default=["entropy", "percentile", "max"])
+    parser.add_argument("--cpu-method", default="percentile")
+    parser.add_argument("--exclude", nargs="*", default=[], help="Conv nodes kept float in the TensorRT INT8 model")
+    parser.add_argument("--auto-exclude", type=int, nargs="*", default=[4],
+                        help="also TensorRT INT8 (first method) keeping the K most sensitive convolutions float")
+    parser.add_argument("--fp16", action="store_true", help="also the FP16 model (slow on CPUs)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from edgedb.detector import load_deployable
+    from edgedb.evaluation import IcdarDataset
+    from edgedb.precision.calibration import calibration_images, collect_stats
+    from edgedb.precision.compare import compare_precisions
+    from edgedb.precision.int8 import quantize_int8, sensitive_layers
+
+    icdar = list(IcdarDataset(args.data / "icdar2015-dev" / "images"))
+    held_out = [(name, path, truth) for name, path, truth in icdar if int(name.split("_")[-1]) > 50]
+    calibration = sorted((args.data / "photos").glob("*.jpg")) + [
+        path for name, path, _ in icdar if int(name.split("_")[-1]) <= 50
+    ]
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listing:
+        listing.write("\n".join(str(p) for p in calibration))
+    images = calibration_images(Path(listing.name))
+    os.unlink(listing.name)
+
+    fp32, _ = load_deployable("ppocrv4-det")
+    stats = collect_stats(fp32, images)
+    models = {"fp32": fp32}
+    for method in args.methods:
+        models[f"int8-tensorrt-{method}"] = quantize_int8(fp32, stats, target="tensorrt", method=method,
+                                                         exclude=args.exclude)
+    if args.auto_exclude:
+        ranked = sensitive_layers(fp32, stats, images[:4], target="tensorrt", method=args.methods[0])
+        for k in args.auto_exclude:
+            keep = [name for name, _ in ranked[:k]]
+            print(f"keep {k} float: {keep}")
+            models[f"int8-tensorrt-{args.methods[0]}-keep{k}"] = quantize_int8(
+                fp32, stats, target="tensorrt", method=args.methods[0], exclude=keep)
+    models[f"int8-cpu-{args.cpu_method}"] = quantize_int8(fp32, stats, target="cpu", method=args.cpu_method)
+    if args.fp16:
+        from edgedb.precision import to_float16
+
+        models["fp16"] = to_float16(fp32)
+    reports = compare_precisions(models, held_out)
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; calibration {len(images)} images, "
+          f"evaluation {len(held_out)} images")
+    print(f"{'model':<26}{'P':>8}{'R':>8}{'H':>8}{'dH pts':>8}{'max err':>9}{'mean err':>10}{'bin IoU':>9}{'ms/img':>8}")
+    base = reports[0]
+    for r in reports:
+        print(f"{r.name:<26}{r.precision:>8.4f}{r.recall:>8.4f}{r.hmean:>8.4f}{100 * (r.hmean - base.hmean):>8.2f}"
+              f"{r.max_abs_error:>9.4f}{r.mean_abs_error:>10.5f}{r.binary_iou:>9.4f}{1e3 * r.seconds_per_image:>8.1f}")
+    for r in reports[1:]:
+        print(f"{r.name}: {base.seconds_per_image / r.seconds_per_image:.2f}x the speed of fp32")
+    if args.json:
+        args.json.write_text(json.dumps([r.to_dict() for r in reports], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
