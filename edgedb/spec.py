@@ -15,6 +15,7 @@ from typing import Optional
 from edgedb.errors import ModelError
 
 METADATA_KEY = "edgedb.spec"
+PRECISION_KEY = "edgedb.precision"  # "fp16", "int8-<target>-<method>"; absent for FP32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

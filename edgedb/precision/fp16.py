@@ -41,14 +41,13 @@ from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 import numpy as np
 
 from edgedb.errors import InvalidInputError, InvalidInputTypeError, MissingDependencyError, ModelError
-from edgedb.spec import METADATA_KEY, spec_from_metadata, store_spec
+from edgedb.spec import METADATA_KEY, PRECISION_KEY, spec_from_metadata, store_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
 log = logging.getLogger(__name__)
 
-PRECISION_KEY = "edgedb.precision"
 PRECISION = "fp16"
 PREPROCESS_PREFIX = "edgedb_preprocess/"
 FLOAT16_MAX = 65504.0

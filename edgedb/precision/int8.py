@@ -26,12 +26,12 @@ import numpy as np
 
 from edgedb.errors import InvalidInputError, ModelError
 from edgedb.precision.calibration import HISTOGRAM_BINS, CalibrationStats, TensorStats
+from edgedb.spec import PRECISION_KEY
 
 log = logging.getLogger(__name__)
 
 METHODS = ("max", "percentile", "entropy")
 TARGETS = ("tensorrt", "cpu")
-PRECISION_KEY = "edgedb.precision"
 # Operators with integer kernels in ONNX Runtime's CPU provider (QLinear* after fusion).
 CPU_OP_TYPES = ("Conv", "ConvTranspose", "Add", "Mul", "Relu", "GlobalAveragePool", "Resize", "Concat")
 
