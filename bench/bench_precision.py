@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,8 @@ def main() -> int:
     parser.add_argument("--auto-exclude", type=int, nargs="*", default=[4],
                         help="also TensorRT INT8 (first method) keeping the K most sensitive convolutions float")
     parser.add_argument("--fp16", action="store_true", help="also the FP16 model (slow on CPUs)")
+    parser.add_argument("--speed-rounds", type=int, default=3,
+                        help="interleaved end-to-end timing rounds of FP32 against INT8-CPU")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -78,9 +81,47 @@ def main() -> int:
               f"{r.max_abs_error:>9.4f}{r.mean_abs_error:>10.5f}{r.binary_iou:>9.4f}{1e3 * r.seconds_per_image:>8.1f}")
     for r in reports[1:]:
         print(f"{r.name}: {base.seconds_per_image / r.seconds_per_image:.2f}x the speed of fp32")
+    if args.speed_rounds:
+        speeds = interleaved_speed({"fp32": fp32, "int8-cpu": models[f"int8-cpu-{args.cpu_method}"]},
+                                   [path for _, path, _ in held_out], args.speed_rounds)
+        for name, times in speeds.items():
+            print(f"{name}: ms/image per round {[round(t, 1) for t in times]}")
+        ratio = statistics.median(speeds["fp32"]) / statistics.median(speeds["int8-cpu"])
+        print(f"INT8-CPU end-to-end speed-up over FP32 (median of {args.speed_rounds} interleaved rounds): {ratio:.2f}x")
     if args.json:
         args.json.write_text(json.dumps([r.to_dict() for r in reports], indent=1))
     return 0
+
+
+def interleaved_speed(models: dict, images: list, rounds: int) -> dict:
+    """End-to-end ms per image (detect: prepare + inference + boxes; images decoded
+    before timing), contenders alternating round by round."""
+    import tempfile
+    import time
+
+    import cv2
+    import onnx
+
+    from edgedb import EdgeDetector
+
+    frames = [cv2.imread(str(p)) for p in images]
+    times = {name: [] for name in models}
+    with tempfile.TemporaryDirectory() as scratch:
+        detectors = {}
+        for name, model in models.items():
+            path = Path(scratch) / f"{name}.onnx"
+            onnx.save(model, str(path))
+            detectors[name] = EdgeDetector(path)
+            detectors[name].detect(frames[0])
+        for _ in range(rounds):
+            for name, detector in detectors.items():
+                start = time.perf_counter()
+                for frame in frames:
+                    detector.detect(frame)
+                times[name].append((time.perf_counter() - start) / len(frames) * 1e3)
+        for detector in detectors.values():
+            detector.close()
+    return times
 
 
 if __name__ == "__main__":

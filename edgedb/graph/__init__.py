@@ -13,9 +13,10 @@ from edgedb.graph.passes import (
     upgrade_opset,
 )
 from edgedb.graph.rewrite import check_dbnet, load_model, rewrite_file, rewrite_model
-from edgedb.graph.simplify import fold_affine_into_next_conv, fold_conv_affine, fuse_hardswish
+from edgedb.graph.simplify import batchnorm_as_affine, fold_affine_into_next_conv, fold_conv_affine, fuse_hardswish
 
 __all__ = [
+    "batchnorm_as_affine",
     "check_dbnet",
     "fold_affine_into_next_conv",
     "fold_constants",

@@ -23,7 +23,7 @@ from edgedb.spec import METADATA_KEY, ModelSpec, guess_spec, spec_from_metadata,
 log = logging.getLogger(__name__)
 
 # Bumped whenever the passes change what they produce, so cached rewrites are redone.
-REWRITE_REVISION = 2
+REWRITE_REVISION = 3
 
 PRODUCER_NAME = "edgedb"
 
@@ -126,6 +126,7 @@ def rewrite_model(
         passes.prune_outputs(graph, spec.prob_output)
         counts["pruned"] = len(graph.nodes)
     if simplify:
+        simplify_passes.batchnorm_as_affine(graph)
         simplify_passes.fold_conv_affine(graph)
         if passes.default_opset(upgraded) >= 14:  # HardSwish exists from opset 14
             simplify_passes.fuse_hardswish(graph)

@@ -42,17 +42,45 @@ def _per_channel(values: np.ndarray, channels: int) -> Optional[np.ndarray]:
     return None
 
 
+def batchnorm_as_affine(graph: gs.Graph) -> gs.Graph:
+    """Rewrites inference-mode BatchNormalization with constant statistics as the per-channel
+    ``Mul`` and ``Add`` it computes, so ``fold_conv_affine`` can fold it into the
+    convolution before it (ONNX Runtime fuses Conv+BN in float, but not after ConvTranspose
+    or once the graph is quantized)."""
+    rewritten = 0
+    for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
+        if len(bn.outputs) != 1 or not all(isinstance(t, gs.Constant) for t in bn.inputs[1:5]):
+            continue
+        gamma, beta, mean, var = (np.asarray(t.values, np.float64) for t in bn.inputs[1:5])
+        scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+        shift = beta - mean * scale
+        shape = (1, -1, 1, 1)
+        x, y = bn.inputs[0], bn.outputs[0]
+        scaled = gs.Variable(f"{bn.name}_scaled", dtype=np.float32)
+        bn.outputs = []
+        graph.nodes += [
+            gs.Node("Mul", name=f"{bn.name}_mul", inputs=[x, gs.Constant(f"{bn.name}_scale", scale.reshape(shape).astype(np.float32))], outputs=[scaled]),
+            gs.Node("Add", name=f"{bn.name}_add", inputs=[scaled, gs.Constant(f"{bn.name}_shift", shift.reshape(shape).astype(np.float32))], outputs=[y]),
+        ]
+        rewritten += 1
+    graph.cleanup(remove_unused_graph_inputs=True).toposort()
+    log.info("rewrote %d BatchNormalization nodes as affine", rewritten)
+    return graph
+
+
 def fold_conv_affine(graph: gs.Graph) -> gs.Graph:
     """Folds ``Mul(Conv(x), s)`` and ``Add(., t)`` with constant per-channel s, t into the
-    Conv's weights and bias (x*W*s + b*s + t), when the Conv's output feeds nothing else."""
+    Conv's (or ungrouped ConvTranspose's) weights and bias (x*W*s + b*s + t), when the
+    convolution's output feeds nothing else."""
     folded = 0
-    for conv in [n for n in graph.nodes if n.op == "Conv"]:
+    for conv in [n for n in graph.nodes if n.op == "Conv" or (n.op == "ConvTranspose" and n.attrs.get("group", 1) == 1)]:
         if len(conv.inputs) < 2 or not isinstance(conv.inputs[1], gs.Constant):
             continue
         if len(conv.inputs) == 3 and not isinstance(conv.inputs[2], gs.Constant):
             continue
         weight = np.asarray(conv.inputs[1].values, np.float64)
-        channels = weight.shape[0]
+        out_axis = 1 if conv.op == "ConvTranspose" else 0  # ConvTranspose weights: (in, out, kh, kw)
+        channels = weight.shape[out_axis]
         bias = (np.asarray(conv.inputs[2].values, np.float64) if len(conv.inputs) == 3
                 else np.zeros(channels, np.float64))
         out = conv.outputs[0]
@@ -66,7 +94,7 @@ def fold_conv_affine(graph: gs.Graph) -> gs.Graph:
             if vector is None:
                 break
             if node.op == "Mul":
-                weight = weight * vector[:, None, None, None]
+                weight = weight * (vector[:, None, None, None] if out_axis == 0 else vector[None, :, None, None])
                 bias = bias * vector
             else:
                 bias = bias + vector

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 HISTOGRAM_BINS = 2048
-STATS_FORMAT = 2  # bumped when what is collected changes
+STATS_FORMAT = 4  # bumped when what is collected changes
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "calibration" / "cache"
 
 
@@ -179,8 +179,11 @@ def collect_stats(model, images: Sequence[Path], *, limit_side_len: int = 736, l
         log.info("calibration statistics from cache %s", cached)
         return CalibrationStats.load(cached)
 
-    names = activation_names(model)
-    session = ort.InferenceSession(_with_outputs(model, names).SerializeToString(), session_options(),
+    from edgedb.precision.int8 import decompose_activations
+
+    observed = decompose_activations(model)  # its tensors cover both INT8 targets
+    names = activation_names(observed)
+    session = ort.InferenceSession(_with_outputs(observed, names).SerializeToString(), session_options(),
                                    providers=["CPUExecutionProvider"])
     stats = CalibrationStats({name: TensorStats.empty() for name in names})
     stats.key = key
