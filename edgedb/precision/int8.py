@@ -20,7 +20,7 @@ distributions, as TensorRT's entropy calibrator does).
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
