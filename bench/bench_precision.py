@@ -39,7 +39,7 @@ def main() -> int:
     from edgedb.detector import load_deployable
     from edgedb.evaluation import IcdarDataset
     from edgedb.precision.calibration import calibration_images, collect_stats
-    from edgedb.precision.compare import compare_precisions
+    from edgedb.precision.compare import compare_precisions, format_reports
     from edgedb.precision.int8 import quantize_int8, sensitive_layers
 
     icdar = list(IcdarDataset(args.data / "icdar2015-dev" / "images"))
@@ -74,11 +74,8 @@ def main() -> int:
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; calibration {len(images)} images, "
           f"evaluation {len(held_out)} images")
-    print(f"{'model':<26}{'P':>8}{'R':>8}{'H':>8}{'dH pts':>8}{'max err':>9}{'mean err':>10}{'bin IoU':>9}{'ms/img':>8}")
+    print(format_reports(reports))
     base = reports[0]
-    for r in reports:
-        print(f"{r.name:<26}{r.precision:>8.4f}{r.recall:>8.4f}{r.hmean:>8.4f}{100 * (r.hmean - base.hmean):>8.2f}"
-              f"{r.max_abs_error:>9.4f}{r.mean_abs_error:>10.5f}{r.binary_iou:>9.4f}{1e3 * r.seconds_per_image:>8.1f}")
     for r in reports[1:]:
         print(f"{r.name}: {base.seconds_per_image / r.seconds_per_image:.2f}x the speed of fp32")
     if args.speed_rounds:

@@ -202,18 +202,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from edgedb.evaluation import IcdarDataset
-    from edgedb.precision.compare import compare_precisions
+    from edgedb.precision.compare import compare_precisions, format_reports
 
     dataset = IcdarDataset(args.images, args.gt)
     samples = [(name, path, truth) for name, path, truth in dataset]
     models = {Path(m).stem if Path(m).suffix == ".onnx" else m: m for m in [args.reference, *args.models]}
     reports = compare_precisions(models, samples, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
                                  input_size=args.input_size)
-    print(f"{'model':<28}{'P':>8}{'R':>8}{'H':>8}{'dH pts':>8}{'max err':>9}{'mean err':>10}{'bin IoU':>9}{'ms/img':>8}")
-    base = reports[0]
-    for r in reports:
-        print(f"{r.name[:27]:<28}{r.precision:>8.4f}{r.recall:>8.4f}{r.hmean:>8.4f}{100 * (r.hmean - base.hmean):>8.2f}"
-              f"{r.max_abs_error:>9.4f}{r.mean_abs_error:>10.5f}{r.binary_iou:>9.4f}{1e3 * r.seconds_per_image:>8.1f}")
+    print(format_reports(reports))
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
         print(f"wrote {args.json}")

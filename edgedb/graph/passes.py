@@ -62,11 +62,15 @@ def fold_constants(graph: gs.Graph) -> gs.Graph:
     return graph
 
 
-def _output(graph: gs.Graph, name: str) -> gs.Variable:
-    for tensor in graph.outputs:
+def _find(tensors: list, name: str, kind: str) -> gs.Variable:
+    for tensor in tensors:
         if tensor.name == name:
             return tensor
-    raise ModelError(f"the graph has no output {name!r}; its outputs are {[t.name for t in graph.outputs]}")
+    raise ModelError(f"the graph has no {kind} {name!r}; its {kind}s are {[t.name for t in tensors]}")
+
+
+def _output(graph: gs.Graph, name: str) -> gs.Variable:
+    return _find(graph.outputs, name, "output")
 
 
 def prune_outputs(graph: gs.Graph, keep: str) -> gs.Graph:
@@ -82,10 +86,7 @@ def prune_outputs(graph: gs.Graph, keep: str) -> gs.Graph:
 
 
 def _input(graph: gs.Graph, name: str) -> gs.Variable:
-    for tensor in graph.inputs:
-        if tensor.name == name:
-            return tensor
-    raise ModelError(f"the graph has no input {name!r}; its inputs are {[t.name for t in graph.inputs]}")
+    return _find(graph.inputs, name, "input")
 
 
 def fuse_preprocessing(graph: gs.Graph, spec: ModelSpec) -> tuple[gs.Graph, ModelSpec]:

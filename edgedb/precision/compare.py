@@ -102,3 +102,19 @@ def compare_precisions(
             seconds_per_image=timings[name],
         ))
     return reports
+
+
+def format_reports(reports: Sequence[PrecisionReport]) -> str:
+    """The reports as a text table, hmean change in points against the first."""
+    lines = [f"{'model':<32}{'P':>8}{'R':>8}{'H':>8}{'dH pts':>8}{'max err':>9}{'mean err':>10}{'bin IoU':>9}{'ms/img':>8}"]
+    base = reports[0]
+
+    def figure(value, width, digits):
+        return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+    for r in reports:
+        change = None if r.hmean is None or base.hmean is None else 100 * (r.hmean - base.hmean)
+        lines.append(f"{r.name[:31]:<32}{figure(r.precision, 8, 4)}{figure(r.recall, 8, 4)}{figure(r.hmean, 8, 4)}"
+                     f"{figure(change, 8, 2)}{r.max_abs_error:>9.4f}{r.mean_abs_error:>10.5f}{r.binary_iou:>9.4f}"
+                     f"{1e3 * r.seconds_per_image:>8.1f}")
+    return "\n".join(lines)
