@@ -14,7 +14,7 @@ from edgedb.errors import EdgeDBError
 
 log = logging.getLogger("edgedb")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from edgedb.preprocess import IMAGE_SUFFIXES
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -26,7 +26,11 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
-    from edgedb.detector import DEFAULT_BOXES, DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
+    from edgedb.detector import (
+        DEFAULT_BOXES,
+        DEFAULT_LIMIT_SIDE_LEN,
+        DEFAULT_LIMIT_TYPE,
+    )
 
     group = parser.add_argument_group("detector (edgedb.EdgeDetector)")
     group.add_argument("--model", default="ppocrv4-det", help="zoo name or DBNet ONNX path (default ppocrv4-det)")
@@ -176,9 +180,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
         result = to_float16(model)
     else:
-        from edgedb.precision.int8 import quantize_int8, sensitive_layers
-
         from edgedb.precision.calibration import DEFAULT_CACHE
+        from edgedb.precision.int8 import quantize_int8, sensitive_layers
 
         if not args.calib:
             raise EdgeDBError("INT8 needs a calibration set: --calib DIR (a folder of images) or a list file")

@@ -19,6 +19,8 @@ import numpy as np
 from edgedb.errors import InvalidInputError, InvalidInputTypeError
 
 LIMIT_TYPES = ("min", "max")
+# Files taken as images when a folder is given (the detect CLI, calibration sets).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
 def _scale(height: int, width: int, limit_side_len: int, limit_type: str, max_side_len: int) -> float:

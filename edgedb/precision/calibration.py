@@ -20,10 +20,10 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from edgedb.errors import InvalidInputError, ModelError
+from edgedb.preprocess import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 HISTOGRAM_BINS = 2048
 STATS_FORMAT = 4  # bumped when what is collected changes
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "calibration" / "cache"
