@@ -112,9 +112,11 @@ def test_convolution_weights_are_float16(fp16_model):
     graph = fp16_model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    tail = {producers["prob"].name}
-    tail_input = producers[producers["prob"].input[0]]  # the bias Add, then the last ConvTranspose
-    tail |= {tail_input.name, producers[tail_input.input[0]].name}
+    tail, node = set(), producers["prob"]  # the Sigmoid back to the last convolution
+    while node.op_type not in ("Conv", "ConvTranspose"):
+        tail.add(node.name)
+        node = producers[node.input[0]]
+    tail.add(node.name)
     convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose") and n.name not in tail]
     assert len(convs) >= 60
     for conv in convs:
@@ -122,7 +124,7 @@ def test_convolution_weights_are_float16(fp16_model):
             assert inits[name].data_type == FLOAT16, (conv.name, name)
     float_inits = [i for i in graph.initializer if i.data_type == FLOAT]
     assert len(float_inits) < 0.15 * len(graph.initializer)  # preprocessing, the tail, Resize scales
-    assert sum(numpy_helper.to_array(i).size for i in float_inits) < 1000
+    assert sum(numpy_helper.to_array(i).size for i in float_inits) < 2000  # the last conv: 16 x 96
 
 
 def test_sensitive_nodes_stay_float32(fp16_model):
@@ -147,10 +149,10 @@ def test_sensitive_nodes_stay_float32(fp16_model):
     assert sigmoid.op_type == "Sigmoid"
     assert types[sigmoid.input[0]] == FLOAT
     last_conv = producers[sigmoid.input[0]]
-    if last_conv.op_type == "Add":  # a bias the rewrite did not fold into the convolution
+    while last_conv.op_type in ("Add", "DepthToSpace"):  # a bias left unfolded; the sub-pixel head's last step
         assert all(types[i] == FLOAT for i in last_conv.input)
         last_conv = producers[last_conv.input[0]]
-    assert last_conv.op_type == "ConvTranspose" and all(types[i] == FLOAT for i in last_conv.input)
+    assert last_conv.op_type in ("Conv", "ConvTranspose") and all(types[i] == FLOAT for i in last_conv.input)
     assert types[last_conv.output[0]] == FLOAT
 
     pools = [n for n in graph.node if n.op_type == "GlobalAveragePool"]

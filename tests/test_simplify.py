@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgedb.graph import fold_affine_into_next_conv, fold_conv_affine, fuse_hardswish, rewrite_model
+from edgedb.graph import fold_affine_into_next_conv, fold_conv_affine, fuse_hardswish, rewrite_model, subpixel_head
 from edgedb.models import resolve_model, zoo_spec
 
 
@@ -100,6 +100,47 @@ def test_shared_conv_output_is_not_folded():
     assert sum(n.op_type == "Mul" for n in out.graph.node) == sum(n.op_type == "Mul" for n in model.graph.node)
 
 
+def dbnet_head_model(out_channels: int, seed: int = 0, second_kernel=(2, 2)) -> onnx.ModelProto:
+    """DBNet's head after BatchNormalization folding: ConvTranspose(2x2, s2) -> Relu ->
+    ConvTranspose(2x2, s2) -> Sigmoid."""
+    rng = np.random.default_rng(seed)
+    inits = [const("w1", rng.normal(0, 0.5, (6, 5, 2, 2))), const("b1", rng.normal(0, 0.3, 5)),
+             const("w2", rng.normal(0, 0.5, (5, out_channels) + tuple(second_kernel))),
+             const("b2", rng.normal(0, 0.3, out_channels))]
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w1", "b1"], ["u1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Relu", ["u1"], ["r1"]),
+        helper.make_node("ConvTranspose", ["r1", "w2", "b2"], ["u2"], kernel_shape=list(second_kernel), strides=[2, 2]),
+        helper.make_node("Sigmoid", ["u2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", out_channels, "H", "W"])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("out_channels", [1, 3])
+def test_subpixel_head_equals_the_transposed_convolutions(out_channels):
+    model = dbnet_head_model(out_channels)
+    x = np.random.default_rng(4).normal(0, 1, (2, 6, 7, 9)).astype(np.float32)
+    graph = gs.import_onnx(model)
+    aliases = subpixel_head(graph)
+    out = gs.export_onnx(graph)
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.op_type for n in out.graph.node] == ["Conv", "Relu", "Conv", "DepthToSpace", "Sigmoid"]
+    assert set(aliases.values()) == {"u1", "r1", "u2"}
+    expected, = run(model, x)
+    got, = run(out, x)
+    assert got.shape == expected.shape == (2, out_channels, 28, 36)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_subpixel_head_leaves_other_upsamplers():
+    model = dbnet_head_model(1, second_kernel=(3, 3))  # overlapping kernels: not a sub-pixel step
+    graph = gs.import_onnx(model)
+    assert subpixel_head(graph) == {}
+    assert [n.op for n in graph.nodes].count("ConvTranspose") == 2
+
+
 def test_default_model_gets_smaller_and_keeps_its_map():
     from edgedb.synthetic import make_text_image
 
@@ -107,6 +148,7 @@ def test_default_model_gets_smaller_and_keeps_its_map():
     plain, _ = rewrite_model(resolve_model("ppocrv4-det"), spec, simplify=False)
     simple, _ = rewrite_model(resolve_model("ppocrv4-det"), spec)
     assert len(simple.graph.node) < 0.6 * len(plain.graph.node)
+    assert "ConvTranspose" not in {n.op_type for n in simple.graph.node}
     frame = make_text_image(4, size=(256, 320)).image[None]
     outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
                .run(None, {"image": frame})[0] for m in (plain, simple)]

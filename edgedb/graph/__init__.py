@@ -13,7 +13,13 @@ from edgedb.graph.passes import (
     upgrade_opset,
 )
 from edgedb.graph.rewrite import check_dbnet, load_model, rewrite_file, rewrite_model
-from edgedb.graph.simplify import batchnorm_as_affine, fold_affine_into_next_conv, fold_conv_affine, fuse_hardswish
+from edgedb.graph.simplify import (
+    batchnorm_as_affine,
+    fold_affine_into_next_conv,
+    fold_conv_affine,
+    fuse_hardswish,
+    subpixel_head,
+)
 
 __all__ = [
     "batchnorm_as_affine",
@@ -28,6 +34,7 @@ __all__ = [
     "prune_outputs",
     "rename_output",
     "rewrite_file",
+    "subpixel_head",
     "rewrite_model",
     "upgrade_opset",
 ]

@@ -216,3 +216,75 @@ def fold_affine_into_next_conv(graph: gs.Graph) -> gs.Graph:
     graph.cleanup(remove_unused_graph_inputs=True).toposort()
     log.info("folded %d affine pairs into the convolutions after them", folded)
     return graph
+
+
+def _stride2_upsampler(node: gs.Node) -> bool:
+    """A ConvTranspose with 2x2 kernels and stride 2 and nothing else: every output pixel
+    comes from exactly one input pixel (the sub-pixel convolution of DBNet heads)."""
+    attrs = node.attrs
+    return (node.op == "ConvTranspose" and list(attrs.get("kernel_shape", [])) == [2, 2]
+            and list(attrs.get("strides", [])) == [2, 2] and not any(attrs.get("pads", [0] * 4))
+            and attrs.get("group", 1) == 1 and list(attrs.get("dilations", [1, 1])) == [1, 1]
+            and not any(attrs.get("output_padding", [])) and "output_shape" not in attrs
+            and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+            and len(node.inputs) >= 2 and all(isinstance(t, gs.Constant) for t in node.inputs[1:]))
+
+
+def subpixel_head(graph: gs.Graph) -> dict[str, str]:
+    """ConvTranspose(2x2, stride 2) -> Relu -> ConvTranspose(2x2, stride 2), the DBNet head's
+    two upsampling steps, as Conv 1x1 -> Relu -> Conv 1x1 -> DepthToSpace(4) at the input's
+    resolution. Each output pixel depends on one input pixel through both steps, so the
+    half-resolution intermediate never exists: on CPUs the two 1x1 convolutions run on
+    their fast GEMM paths (and on integer kernels when quantized) instead of ConvTranspose's
+    scatter. Exact up to float rounding.
+
+    Returns ``{new tensor: old tensor}`` for tensors that hold the old ones' values in
+    another order (calibration statistics carry over).
+    """
+    aliases = {}
+    for second in [n for n in graph.nodes if _stride2_upsampler(n)]:
+        relu = second.inputs[0].inputs[0] if second.inputs[0].inputs else None
+        if relu is None or relu.op != "Relu" or _only_consumer(relu.outputs[0]) is not second:
+            continue
+        first = relu.inputs[0].inputs[0] if relu.inputs[0].inputs else None
+        if first is None or not _stride2_upsampler(first) or _only_consumer(first.outputs[0]) is not relu:
+            continue
+        w1 = np.asarray(first.inputs[1].values, np.float32)  # [in, mid, 2, 2]
+        w2 = np.asarray(second.inputs[1].values, np.float32)  # [mid, out, 2, 2]
+        c_in, c_mid, c_out = w1.shape[0], w1.shape[1], w2.shape[1]
+        if w2.shape[0] != c_mid:
+            continue
+        b1 = np.asarray(first.inputs[2].values, np.float32) if len(first.inputs) > 2 else np.zeros(c_mid, np.float32)
+        b2 = np.asarray(second.inputs[2].values, np.float32) if len(second.inputs) > 2 else np.zeros(c_out, np.float32)
+        # First step: channel (a, b, m) of the 1x1 conv is mid channel m at sub-pixel (a, b).
+        k1 = w1.transpose(2, 3, 1, 0).reshape(4 * c_mid, c_in, 1, 1)
+        # Second step: sub-pixel (a, b) then (e, f) lands at row 2a + e, column 2b + f of
+        # a 4x4 block; DepthToSpace (DCR) reads channel ((2a+e) * 4 + (2b+f)) * out + o.
+        k2 = np.zeros((16 * c_out, 4 * c_mid), np.float32)
+        for a in range(2):
+            for b in range(2):
+                for e in range(2):
+                    for f in range(2):
+                        rows = ((2 * a + e) * 4 + (2 * b + f)) * c_out + np.arange(c_out)
+                        cols = (a * 2 + b) * c_mid + np.arange(c_mid)
+                        k2[np.ix_(rows, cols)] = w2[:, :, e, f].T
+        name = first.name or second.name
+        mid_pre, mid = gs.Variable(f"{name}_subpixel_pre", np.float32), gs.Variable(f"{name}_subpixel", np.float32)
+        logits = gs.Variable(f"{name}_subpixel_blocks", np.float32)
+        output = second.outputs[0]
+        graph.nodes += [
+            gs.Node("Conv", f"{name}_subpixel_conv1", attrs={"kernel_shape": [1, 1]},
+                    inputs=[first.inputs[0], gs.Constant(f"{name}_subpixel_w1", k1),
+                            gs.Constant(f"{name}_subpixel_b1", np.tile(b1, 4))], outputs=[mid_pre]),
+            gs.Node("Relu", f"{name}_subpixel_relu", inputs=[mid_pre], outputs=[mid]),
+            gs.Node("Conv", f"{name}_subpixel_conv2", attrs={"kernel_shape": [1, 1]},
+                    inputs=[mid, gs.Constant(f"{name}_subpixel_w2", k2.reshape(16 * c_out, 4 * c_mid, 1, 1)),
+                            gs.Constant(f"{name}_subpixel_b2", np.tile(b2, 16))], outputs=[logits]),
+            gs.Node("DepthToSpace", f"{name}_subpixel_d2s", attrs={"blocksize": 4, "mode": "DCR"},
+                    inputs=[logits], outputs=[output]),
+        ]
+        aliases.update({mid_pre.name: first.outputs[0].name, mid.name: relu.outputs[0].name, logits.name: output.name})
+        second.outputs = []
+        log.info("head %s + %s as 1x1 convolutions and DepthToSpace", first.name, second.name)
+    graph.cleanup().toposort()
+    return aliases

@@ -179,7 +179,7 @@ def collect_stats(model, images: Sequence[Path], *, limit_side_len: int = 736, l
         log.info("calibration statistics from cache %s", cached)
         return CalibrationStats.load(cached)
 
-    from edgedb.precision.int8 import decompose_activations
+    from edgedb.precision.cpu_graph import decompose_activations
 
     observed = decompose_activations(model)  # its tensors cover both INT8 targets
     names = activation_names(observed)

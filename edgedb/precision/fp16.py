@@ -70,6 +70,7 @@ _FLOAT, _FLOAT16 = 1, 10
 # convolution: its bias and any per-channel affine left behind it.
 _AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
 _CONV_OPS = ("Conv", "ConvTranspose")
+_REARRANGING_OPS = ("DepthToSpace",)  # the sub-pixel head's last step (edgedb.graph.subpixel_head)
 # Inputs whose type the ONNX spec fixes apart from the data: (op, input index).
 _RESIZE_FLOAT32_INPUTS = (1, 2)  # roi (float16 allowed, kept float32 anyway), scales
 
@@ -225,7 +226,8 @@ def _fold_batchnorm(graph) -> int:
 
 def _float32_tail(model: "onnx.ModelProto", output: str) -> list[str]:
     """The node producing ``output`` (the Sigmoid) and the nodes computing its input: the
-    chain of per-channel affine ops back to, and including, the last convolution."""
+    chain of per-channel affine ops (and a DepthToSpace) back to, and including, the last
+    convolution."""
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, int] = {}
@@ -243,7 +245,7 @@ def _float32_tail(model: "onnx.ModelProto", output: str) -> list[str]:
         if len(variables) != 1 or consumers.get(variables[0], 0) != 1:
             break
         previous = producers.get(variables[0])
-        if previous is None or previous.op_type not in (*_AFFINE_OPS, *_CONV_OPS):
+        if previous is None or previous.op_type not in (*_AFFINE_OPS, *_CONV_OPS, *_REARRANGING_OPS):
             break
         if previous.op_type in _AFFINE_OPS and len([i for i in previous.input if i not in initializers]) != 1:
             break

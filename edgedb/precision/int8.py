@@ -26,6 +26,12 @@ import numpy as np
 
 from edgedb.errors import InvalidInputError, ModelError
 from edgedb.precision.calibration import HISTOGRAM_BINS, CalibrationStats, TensorStats
+from edgedb.precision.cpu_graph import (
+    decompose_activations,
+    fold_preprocessing_into_first_convs,
+    fold_scalar_muls_into_scales,
+    upsample_in_nchw,
+)
 from edgedb.spec import PRECISION_KEY
 
 log = logging.getLogger(__name__)
@@ -35,154 +41,6 @@ TARGETS = ("tensorrt", "cpu")
 # Operators with integer kernels in ONNX Runtime's CPU provider (QLinear* after fusion;
 # a Clip between Q/DQ pairs becomes part of the range).
 CPU_OP_TYPES = ("Conv", "ConvTranspose", "Add", "Mul", "Clip", "Relu", "GlobalAveragePool", "Resize", "Concat")
-
-
-def decompose_activations(model):
-    """HardSwish and HardSigmoid written as the Add/Mul/Clip they compute.
-
-    ONNX Runtime has no integer kernel for either; decomposed, every step maps to an
-    integer one (QLinearAdd, QLinearMul, a Clip absorbed into the range), so a CPU INT8
-    graph stays in uint8 between convolutions. Calibration always runs on this form: its
-    tensors are a superset of the original's, so one pass serves both targets.
-    """
-    import onnx_graphsurgeon as gs
-
-    graph = gs.import_onnx(model)
-    for node in [n for n in graph.nodes if n.op in ("HardSwish", "HardSigmoid")]:
-        x, y = node.inputs[0], node.outputs[0]
-        node.outputs = []
-        name = node.name or y.name
-
-        def const(suffix, value):
-            return gs.Constant(f"{name}_{suffix}", np.array(value, np.float32))
-
-        def tensor(suffix):
-            return gs.Variable(f"{name}_{suffix}", dtype=np.float32)
-
-        if node.op == "HardSwish":  # x * clip(x + 3, 0, 6) / 6
-            shifted, clipped, product = tensor("plus3"), tensor("relu6"), tensor("x_relu6")
-            graph.nodes += [
-                gs.Node("Add", f"{name}_add", inputs=[x, const("three", 3.0)], outputs=[shifted]),
-                gs.Node("Clip", f"{name}_clip", inputs=[shifted, const("zero", 0.0), const("six", 6.0)], outputs=[clipped]),
-                gs.Node("Mul", f"{name}_mul", inputs=[x, clipped], outputs=[product]),
-                gs.Node("Mul", f"{name}_sixth", inputs=[product, const("one_sixth", 1.0 / 6.0)], outputs=[y]),
-            ]
-        else:  # clip(alpha * x + beta, 0, 1)
-            scaled, shifted = tensor("scaled"), tensor("shifted")
-            graph.nodes += [
-                gs.Node("Mul", f"{name}_mul", inputs=[x, const("alpha", node.attrs.get("alpha", 0.2))], outputs=[scaled]),
-                gs.Node("Add", f"{name}_add", inputs=[scaled, const("beta", node.attrs.get("beta", 0.5))], outputs=[shifted]),
-                gs.Node("Clip", f"{name}_clip", inputs=[shifted, const("zero", 0.0), const("one", 1.0)], outputs=[y]),
-            ]
-    _merge_scalar_muls(graph)
-    graph.cleanup().toposort()
-    out = gs.export_onnx(graph)
-    for prop in model.metadata_props:
-        out.metadata_props.add(key=prop.key, value=prop.value)
-    return out
-
-
-def _merge_scalar_muls(graph) -> None:
-    """Mul(Mul(x, a), b) with scalar constants a, b becomes Mul(x, a*b): the HardSwish's
-    1/6 joins the learnable scale that usually follows it (one integer pass fewer)."""
-    import onnx_graphsurgeon as gs
-
-    def scalar_operand(node):
-        constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
-        variables = [t for t in node.inputs if not isinstance(t, gs.Constant)]
-        if node.op != "Mul" or len(constants) != 1 or len(variables) != 1 or constants[0].values.size != 1:
-            return None, None
-        return variables[0], float(np.asarray(constants[0].values).reshape(()))
-
-    for first in [n for n in graph.nodes if n.op == "Mul"]:
-        x, a = scalar_operand(first)
-        if x is None or not first.outputs or len(first.outputs[0].outputs) != 1:
-            continue
-        second = first.outputs[0].outputs[0]
-        _, b = scalar_operand(second)
-        if b is None or any(t is first.outputs[0] for t in graph.outputs):
-            continue
-        second.inputs = [x, gs.Constant(f"{second.name}_merged", np.array(a * b, np.float32))]
-        first.outputs = []
-
-
-def _dequantizing_preprocessing(model):
-    """Replaces the fused preprocessing's Cast, Mul and Add by one per-channel
-    DequantizeLinear: (pixel - round(255 mean)) / (255 std). The zero point is rounded to a
-    whole pixel value (at most 0.5/255/std off, far below INT8's own step), and one pass
-    over the frame replaces three."""
-    import onnx_graphsurgeon as gs
-
-    from edgedb.spec import spec_from_metadata
-
-    spec = spec_from_metadata(model)
-    graph = gs.import_onnx(model)
-    nodes = {n.name: n for n in graph.nodes}
-    cast, add = nodes.get("edgedb_preprocess/cast"), nodes.get("edgedb_preprocess/add")
-    if cast is None or add is None or "edgedb_preprocess/gather" in nodes:
-        return model  # RGB networks or hand-made graphs keep the float preprocessing
-    mean, std = np.asarray(spec.mean), np.asarray(spec.std)
-    zero_point = np.clip(np.round(255.0 * mean), 0, 255).astype(np.uint8)
-    scale = (1.0 / (255.0 * std)).astype(np.float32)
-    normalized = add.outputs[0]
-    add.outputs = []
-    graph.nodes.append(gs.Node(
-        "DequantizeLinear", "edgedb_preprocess/dequantize",
-        inputs=[cast.inputs[0], gs.Constant("edgedb_preprocess/scale_dq", scale),
-                gs.Constant("edgedb_preprocess/zero_point_dq", zero_point)],
-        outputs=[normalized], attrs={"axis": 3}))
-    graph.cleanup().toposort()
-    out = gs.export_onnx(graph)
-    for prop in model.metadata_props:
-        out.metadata_props.add(key=prop.key, value=prop.value)
-    return out
-
-
-def _constant_value(tensor):
-    """The value of a constant, or of a DequantizeLinear of constants; else None."""
-    import onnx_graphsurgeon as gs
-
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values, np.float64)
-    producer = tensor.inputs[0] if tensor.inputs else None
-    if producer is None or producer.op != "DequantizeLinear" or not all(isinstance(t, gs.Constant) for t in producer.inputs):
-        return None
-    values, scale = (np.asarray(t.values, np.float64) for t in producer.inputs[:2])
-    zero = np.asarray(producer.inputs[2].values, np.float64) if len(producer.inputs) > 2 else 0.0
-    return (values - zero) * scale
-
-
-def _fold_scalar_muls_into_scales(graph) -> int:
-    """DQ(q) * c with a positive scalar c, requantized, is q itself read with scale s*c:
-    such Muls (HardSwish's 1/6 times the learnable scale after it) disappear from the
-    integer graph, and the readers' DequantizeLinear take the new scale (exact)."""
-    import onnx_graphsurgeon as gs
-
-    folded = 0
-    for mul in [n for n in graph.nodes if n.op == "Mul" and n.outputs]:
-        values = [_constant_value(t) for t in mul.inputs]
-        constant = [i for i, v in enumerate(values) if v is not None]
-        if len(constant) != 1 or values[constant[0]].size != 1:
-            continue
-        factor = float(values[constant[0]].reshape(()))
-        x = mul.inputs[1 - constant[0]]
-        dequantize = x.inputs[0] if x.inputs else None
-        if factor <= 0 or dequantize is None or dequantize.op != "DequantizeLinear" or len(x.outputs) != 1:
-            continue
-        if len(mul.outputs[0].outputs) != 1 or mul.outputs[0].outputs[0].op != "QuantizeLinear":
-            continue
-        requantize = mul.outputs[0].outputs[0]
-        readers = list(requantize.outputs[0].outputs)
-        if not readers or any(r.op != "DequantizeLinear" for r in readers) or any(t is requantize.outputs[0] for t in graph.outputs):
-            continue
-        scale = np.asarray(dequantize.inputs[1].values, np.float32) * np.float32(factor)
-        zero = np.asarray(dequantize.inputs[2].values)
-        for reader in readers:
-            reader.inputs = [dequantize.inputs[0], gs.Constant(f"{reader.name}_scale", np.asarray(scale)),
-                             gs.Constant(f"{reader.name}_zero_point", zero)]
-        requantize.outputs, mul.outputs = [], []
-        folded += 1
-    return folded
 
 
 def _percentile_amax(stats: TensorStats, percentile: float = 99.99) -> float:
@@ -280,7 +138,7 @@ def quantize_int8(model, stats: CalibrationStats, *, target: str = "tensorrt", m
 
     symmetric = target == "tensorrt"
     if target == "cpu":
-        model = _dequantizing_preprocessing(decompose_activations(model))
+        model = decompose_activations(model)
     ranges = activation_ranges(stats, method, symmetric=symmetric)
     tensors = TensorsData(CalibrationMethod.MinMax, {
         name: TensorData(lowest=np.float32(low), highest=np.float32(high)) for name, (low, high) in ranges.items()
@@ -304,7 +162,10 @@ def quantize_int8(model, stats: CalibrationStats, *, target: str = "tensorrt", m
     # Parsers (TensorRT's included) read nodes in order: sort the inserted Q/DQ in place.
     graph = gs.import_onnx(quantizer.model.model)
     if target == "cpu":
-        log.info("folded %d scalar Muls into quantization scales", _fold_scalar_muls_into_scales(graph))
+        log.info("folded %d scalar Muls into quantization scales", fold_scalar_muls_into_scales(graph))
+        if not fold_preprocessing_into_first_convs(graph):
+            log.info("kept the float preprocessing: the normalized frame is not read by convolutions only")
+        log.info("kept %d nearest upsamplings in NCHW", upsample_in_nchw(graph))
     graph.cleanup().toposort()
     quantized = gs.export_onnx(graph)
     store_spec(quantized, spec)
@@ -351,7 +212,7 @@ def sensitive_layers(model, stats: CalibrationStats, images, *, target: str = "t
         raise ModelError("the sensitivity search needs a model rewritten by edgedb")
     symmetric = target == "tensorrt"
     if target == "cpu":
-        model = _dequantizing_preprocessing(decompose_activations(model))
+        model = decompose_activations(model)
     ranges = activation_ranges(stats, method, symmetric=symmetric)
     initializers = {init.name: init for init in model.graph.initializer}
     convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")
