@@ -25,6 +25,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", default="ppocrv4-det", help="zoo name or DBNet ONNX file")
     parser.add_argument("--methods", nargs="+", default=["entropy", "percentile", "max"])
     parser.add_argument("--cpu-method", default="percentile")
     parser.add_argument("--exclude", nargs="*", default=[], help="Conv nodes kept float in the TensorRT INT8 model")
@@ -52,7 +53,7 @@ def main() -> int:
     images = calibration_images(Path(listing.name))
     os.unlink(listing.name)
 
-    fp32, _ = load_deployable("ppocrv4-det")
+    fp32, _ = load_deployable(args.model)
     stats = collect_stats(fp32, images)
     models = {"fp32": fp32}
     for method in args.methods:
@@ -72,7 +73,7 @@ def main() -> int:
         models["fp16"] = to_float16(fp32)
     reports = compare_precisions(models, held_out)
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores; calibration {len(images)} images, "
+    print(f"\nmodel {args.model}; machine: {platform.machine()}, {os.cpu_count()} cores; calibration {len(images)} images, "
           f"evaluation {len(held_out)} images")
     print(format_reports(reports))
     base = reports[0]

@@ -136,6 +136,15 @@ def test_cpu_target_uses_uint8_activations(fp32, stats):
     zero_points = [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
                    if n.op_type == "QuantizeLinear" and len(n.input) > 2]
     assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
+    # 7-bit weights: x86 without VNNI saturates uint8 x int8 pairs of full-range products.
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    # The frame goes into the first convolution as uint8; upsampling stays NCHW in 2x steps.
+    reader = next(n for n in model.graph.node if "image" in n.input)
+    assert reader.op_type == "Transpose"
+    scales = [numpy_helper.to_array(inits[n.input[2]]).tolist() for n in model.graph.node if n.op_type == "Resize"]
+    assert scales and all(s == [1, 1, 2, 2] for s in scales)
 
 
 def test_exclusions_and_sensitivity(fp32, stats, calib_dir):

@@ -146,7 +146,7 @@ def fold_scalar_muls_into_scales(graph) -> int:
     return folded
 
 
-def fold_preprocessing_into_first_convs(graph) -> bool:
+def fold_preprocessing_into_first_convs(graph, weight_limit: int = 127) -> bool:
     """Feeds the uint8 frame straight into the first convolutions as their quantized input.
 
     The fused preprocessing computes ``v[c] = pixel[perm[c]] * a[c] + b[c]`` (Cast, optional
@@ -157,6 +157,7 @@ def fold_preprocessing_into_first_convs(graph) -> bool:
     the convolution's zero padding changes: it now pads with pixel ``z`` (the mean pixel),
     a value within 0.2 of the exact 0 on the normalized scale, on the one-pixel frame.
 
+    The new weights are quantized per output channel to [-weight_limit, weight_limit].
     Returns False, leaving the graph as it is, when the graph is not of that form (for
     example when the normalized frame has readers other than convolutions).
     """
@@ -213,8 +214,8 @@ def fold_preprocessing_into_first_convs(graph) -> bool:
         folded = np.empty_like(weights)
         folded[:, perm] = weights * a[None, :, None, None]
         bias = bias + np.einsum("ocij,c->o", weights, zero_point * a + b)
-        scale = np.maximum(np.abs(folded).reshape(len(folded), -1).max(axis=1), 1e-12) / 127.0
-        q_weights = np.clip(np.round(folded / scale[:, None, None, None]), -127, 127).astype(np.int8)
+        scale = np.maximum(np.abs(folded).reshape(len(folded), -1).max(axis=1), 1e-12) / weight_limit
+        q_weights = np.clip(np.round(folded / scale[:, None, None, None]), -weight_limit, weight_limit).astype(np.int8)
         q_bias = np.round(bias / scale).astype(np.int32)  # input step 1: bias step = weight step
         name = conv.name + "_pixels"
         conv.inputs = [centred, _dequantized(graph, name + "_weight", q_weights, scale.astype(np.float32), axis=0),
