@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--calib", help="calibration images: a folder or a list file (INT8)")
     quantize.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
                           help="tensorrt: signed symmetric Q/DQ on convolutions; cpu: uint8 QDQ ONNX Runtime fuses")
-    quantize.add_argument("--method", choices=["max", "percentile", "entropy"], default="percentile",
+    quantize.add_argument("--method", choices=["max", "percentile", "entropy", "mse"], default="percentile",
                           help="how activation ranges are chosen (default percentile)")
     quantize.add_argument("--exclude", nargs="*", default=[], metavar="NODE", help="Conv nodes to keep in float")
     quantize.add_argument("--auto-exclude", type=int, default=0, metavar="K",

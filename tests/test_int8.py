@@ -84,13 +84,27 @@ def test_statistics_are_cached(fp32, calib_dir, tmp_path):
 
 
 def test_methods_order_their_ranges(stats):
-    ranges = {m: activation_ranges(stats, m, symmetric=True) for m in ("max", "percentile", "entropy")}
+    ranges = {m: activation_ranges(stats, m, symmetric=True) for m in ("max", "percentile", "entropy", "mse")}
     for name, (low, high) in ranges["max"].items():
         assert low == -high
-        assert ranges["percentile"][name][1] <= high + 1e-6
-        assert ranges["entropy"][name][1] <= high + 1e-6
+        for method in ("percentile", "entropy", "mse"):
+            assert ranges[method][name][1] <= high + 1e-6
     with pytest.raises(InvalidInputError):
-        activation_ranges(stats, "mse", symmetric=True)
+        activation_ranges(stats, "kl", symmetric=True)
+
+
+def test_mse_clips_rare_outliers_only():
+    from edgedb.precision.calibration import TensorStats
+    from edgedb.precision.int8 import HISTOGRAM_BINS, _mse_amax
+
+    values = np.random.default_rng(0).normal(0, 1, 1_000_000)
+    stats = TensorStats(np.inf, -np.inf, np.zeros(HISTOGRAM_BINS, np.int64), 0.0)
+    stats.add(np.append(values, [20.0, -20.0]))  # two outliers far out
+    amax = _mse_amax(stats, symmetric=True)
+    assert 3.0 < amax < 10.0  # the bulk's tail is kept, the outliers are clipped
+    uniform = TensorStats(np.inf, -np.inf, np.zeros(HISTOGRAM_BINS, np.int64), 0.0)
+    uniform.add(np.random.default_rng(1).uniform(-1, 1, 100_000))
+    assert _mse_amax(uniform, symmetric=True) > 0.95  # nothing worth clipping
 
 
 def producers(model):

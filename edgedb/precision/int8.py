@@ -36,7 +36,7 @@ from edgedb.spec import PRECISION_KEY
 
 log = logging.getLogger(__name__)
 
-METHODS = ("max", "percentile", "entropy")
+METHODS = ("max", "percentile", "entropy", "mse")
 TARGETS = ("tensorrt", "cpu")
 # Operators with integer kernels in ONNX Runtime's CPU provider (QLinear* after fusion;
 # a Clip between Q/DQ pairs becomes part of the range).
@@ -86,6 +86,28 @@ def _entropy_amax(stats: TensorStats, levels: int = 128, step: int = 16) -> floa
     return min(stats.absmax(), (best_bins + 0.5) * stats.edge / HISTOGRAM_BINS)
 
 
+def _mse_amax(stats: TensorStats, symmetric: bool) -> float:
+    """The clipping threshold with the least expected squared error: rounding noise
+    (step^2 / 12) on the values inside the range plus the clipped distance outside it."""
+    counts = stats.histogram.astype(np.float64)
+    if counts.sum() == 0 or stats.edge == 0:
+        return stats.absmax()
+    width = stats.edge / HISTOGRAM_BINS
+    centres = (np.arange(HISTOGRAM_BINS) + 0.5) * width
+    candidates = np.arange(1, HISTOGRAM_BINS + 1) * width
+    # Tail sums from bin k on: count, sum of x, sum of x^2 (clipped to candidate k).
+    tail = [np.cumsum((counts * centres ** p)[::-1])[::-1] for p in (0, 1, 2)]
+    clipped = np.append(tail[2][1:], 0) - 2 * candidates * np.append(tail[1][1:], 0) \
+        + candidates ** 2 * np.append(tail[0][1:], 0)
+    inside = counts.sum() - np.append(tail[0][1:], 0)
+    if symmetric:
+        steps = candidates / 127.0
+    else:  # uint8 over [max(min, -a), min(max, a)]
+        steps = (np.minimum(stats.maximum, candidates) - np.maximum(stats.minimum, -candidates)).clip(min=0) / 255.0
+    error = clipped + inside * steps ** 2 / 12.0
+    return min(stats.absmax(), float(candidates[int(np.argmin(error))]))
+
+
 def activation_ranges(stats: CalibrationStats, method: str = "entropy", *, symmetric: bool) -> dict:
     """tensor -> (low, high) range to quantize to."""
     if method not in METHODS:
@@ -94,7 +116,8 @@ def activation_ranges(stats: CalibrationStats, method: str = "entropy", *, symme
     for name, s in stats.items():
         if not np.isfinite(s.minimum):
             continue  # never seen (no calibration data reached it)
-        amax = {"max": s.absmax, "percentile": lambda: _percentile_amax(s), "entropy": lambda: _entropy_amax(s)}[method]()
+        amax = {"max": s.absmax, "percentile": lambda: _percentile_amax(s), "entropy": lambda: _entropy_amax(s),
+                "mse": lambda: _mse_amax(s, symmetric)}[method]()
         amax = max(float(amax), 1e-6)
         if symmetric:
             ranges[name] = (-amax, amax)
