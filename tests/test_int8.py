@@ -14,7 +14,7 @@ from edgedb import InvalidInputError, ModelError
 from edgedb.cli import main
 from edgedb.detector import load_deployable
 from edgedb.precision.calibration import CalibrationStats, calibration_images, collect_stats
-from edgedb.precision.int8 import activation_ranges, quantize_int8, sensitive_layers
+from edgedb.precision.int8 import LOGIT_LIMIT, activation_ranges, quantize_int8, sensitive_layers
 from edgedb.preprocess import prepare_fixed
 from edgedb.synthetic import make_dataset, make_text_image
 
@@ -159,6 +159,12 @@ def test_cpu_target_uses_uint8_activations(fp32, stats):
     assert reader.op_type == "Transpose"
     scales = [numpy_helper.to_array(inits[n.input[2]]).tolist() for n in model.graph.node if n.op_type == "Resize"]
     assert scales and all(s == [1, 1, 2, 2] for s in scales)
+    # The logits are quantized over the sigmoid's useful span only.
+    made = producers(model)
+    node = made[next(n for n in model.graph.node if n.op_type == "Sigmoid").input[0]]
+    while node.op_type != "DequantizeLinear":
+        node = made[node.input[0]]
+    assert float(numpy_helper.to_array(inits[node.input[1]])) <= 2 * LOGIT_LIMIT / 255 + 1e-6
 
 
 def test_exclusions_and_sensitivity(fp32, stats, calib_dir):
