@@ -127,6 +127,10 @@ def test_tensorrt_placement(fp32, stats):
             assert numpy_helper.to_array(inits[weight.input[0]]).dtype == np.int8
             axis = next(a.i for a in weight.attribute if a.name == "axis")
             assert axis == (1 if node.op_type == "ConvTranspose" else 0)
+        if node.op_type == "DequantizeLinear":  # what TensorRT's parser takes: int8, zero point 0
+            assert numpy_helper.to_array(inits[node.input[0]]).dtype == np.int8 if node.input[0] in inits else True
+            if len(node.input) > 2:
+                assert not numpy_helper.to_array(inits[node.input[2]]).any()
         if node.op_type == "QuantizeLinear":  # only in front of convolutions
             consumers = [n for n in model.graph.node if node.output[0] in n.input]
             assert all(c.op_type == "DequantizeLinear" for c in consumers)

@@ -5,7 +5,9 @@ and learnable affine layers as chains of Add/Clip/Mul/Div. On a CPU each link is
 more pass over memory: in PP-OCRv4 det they cost a third of the inference time. These
 passes fold what is linear into the convolution before it and fuse the HardSwish
 decomposition into the single ONNX operator (opset >= 14; ONNX Runtime and TensorRT both
-run it natively). The results equal the originals up to float rounding.
+run it natively). ``subpixel_head`` rewrites the DBNet head's two stride-2 ConvTranspose
+as 1x1 convolutions and a DepthToSpace. The results equal the originals up to float
+rounding.
 """
 
 from __future__ import annotations

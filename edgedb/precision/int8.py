@@ -6,10 +6,11 @@ Two targets:
 - ``"tensorrt"``: what TensorRT 10 and 11 build without calibrators or INT8 flags. Signed
   int8 activations with zero point 0 and per-channel symmetric int8 weights (Conv axis 0,
   ConvTranspose axis 1), Q/DQ only on the inputs and weights of convolutions, where
-  TensorRT fuses them; everything else, the final Sigmoid and the output stay float.
+  TensorRT fuses them; biases, everything else, the final Sigmoid and the output stay
+  float.
 - ``"cpu"``: what ONNX Runtime runs fastest on x86: uint8 activations (asymmetric),
-  per-channel int8 weights, Q/DQ around every operator ONNX Runtime has an integer
-  kernel for, so it fuses them into QLinearConv and friends.
+  per-channel 7-bit int8 weights, int32 biases, Q/DQ around every operator ONNX Runtime
+  has an integer kernel for, so it fuses them into QLinearConv and friends.
 
 Calibration methods turn statistics into ranges: ``max`` (the largest |x| seen),
 ``percentile`` (|x| below which 99.99% of values fall) and ``entropy`` (the clipping
@@ -199,6 +200,10 @@ def quantize_int8(model, stats: CalibrationStats, *, target: str = "tensorrt", m
     if target == "tensorrt":
         op_types = ["Conv", "ConvTranspose"]
         extra["OpTypesToExcludeOutputQuantization"] = op_types  # Q/DQ on inputs and weights only
+        # Biases stay float: TensorRT's ONNX parser dequantizes int8 (and fp8/int4) only, not
+        # the int32 biases ONNX Runtime's QLinearConv wants; TensorRT adds float biases itself.
+        # Nor must the weight scales then grow to keep large biases in int32.
+        extra["QuantizeBias"] = False
         activation_type = QuantType.QInt8
     else:
         op_types = list(CPU_OP_TYPES)
