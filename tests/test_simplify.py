@@ -9,7 +9,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgedb.graph import fold_affine_into_next_conv, fold_conv_affine, fuse_hardswish, rewrite_model, subpixel_head
+from edgedb.graph import (
+    fold_affine_into_next_conv,
+    fold_conv_affine,
+    fuse_hardswish,
+    residual_scale_as_one_mul,
+    rewrite_model,
+    subpixel_head,
+)
 from edgedb.models import resolve_model, zoo_spec
 
 
@@ -139,6 +146,26 @@ def test_subpixel_head_leaves_other_upsamplers():
     graph = gs.import_onnx(model)
     assert subpixel_head(graph) == {}
     assert [n.op for n in graph.nodes].count("ConvTranspose") == 2
+
+
+def test_residual_gate_becomes_one_mul():
+    """x + x * sigmoid(pool(x)), the RSE layer's squeeze-and-excitation residual."""
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+        helper.make_node("Sigmoid", ["p"], ["s"]),
+        helper.make_node("Mul", ["s", "x"], ["xs"]),  # gate first: either operand order
+        helper.make_node("Add", ["x", "xs"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "rse", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, "h", "w"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(5).normal(0, 1, (2, 4, 6, 7)).astype(np.float32)
+    out = simplified(model, residual_scale_as_one_mul)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Mul") == 1 and ops.count("Add") == 1
+    big = next(n for n in out.graph.node if n.op_type == "Mul")
+    assert "x" in big.input  # the full-size pass is the Mul; the Add works on the gate
+    np.testing.assert_allclose(run(out, x)[0], run(model, x)[0], rtol=1e-6, atol=1e-6)
 
 
 def test_default_model_gets_smaller_and_keeps_its_map():

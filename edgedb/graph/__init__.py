@@ -18,6 +18,7 @@ from edgedb.graph.simplify import (
     fold_affine_into_next_conv,
     fold_conv_affine,
     fuse_hardswish,
+    residual_scale_as_one_mul,
     subpixel_head,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "make_dynamic",
     "prune_outputs",
     "rename_output",
+    "residual_scale_as_one_mul",
     "rewrite_file",
     "subpixel_head",
     "rewrite_model",

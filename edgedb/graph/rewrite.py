@@ -23,7 +23,7 @@ from edgedb.spec import METADATA_KEY, ModelSpec, guess_spec, spec_from_metadata,
 log = logging.getLogger(__name__)
 
 # Bumped whenever the passes change what they produce, so cached rewrites are redone.
-REWRITE_REVISION = 4
+REWRITE_REVISION = 5
 
 PRODUCER_NAME = "edgedb"
 
@@ -103,8 +103,9 @@ def rewrite_model(
 
     ``spec`` defaults to the one in the model's metadata, else to one guessed from the
     graph. Passes run in this order: opset upgrade, constant folding, output pruning,
-    exact simplifications (affine layers folded into convolutions, HardSwish fused, the
-    head's two ConvTranspose as 1x1 convolutions and DepthToSpace; see
+    exact simplifications (affine layers folded into convolutions, HardSwish fused,
+    squeeze-and-excitation residuals as one Mul, the head's two ConvTranspose as 1x1
+    convolutions and DepthToSpace; see
     ``edgedb.graph.simplify``), preprocessing fusion, renaming the map to ``prob``,
     dynamic dims. The caller's
     ModelProto is not modified.
@@ -132,6 +133,7 @@ def rewrite_model(
         if passes.default_opset(upgraded) >= 14:  # HardSwish exists from opset 14
             simplify_passes.fuse_hardswish(graph)
         simplify_passes.fold_affine_into_next_conv(graph)
+        simplify_passes.residual_scale_as_one_mul(graph)
         simplify_passes.subpixel_head(graph)
         counts["simplified"] = len(graph.nodes)
     if fuse_preprocessing:

@@ -5,7 +5,8 @@ and learnable affine layers as chains of Add/Clip/Mul/Div. On a CPU each link is
 more pass over memory: in PP-OCRv4 det they cost a third of the inference time. These
 passes fold what is linear into the convolution before it and fuse the HardSwish
 decomposition into the single ONNX operator (opset >= 14; ONNX Runtime and TensorRT both
-run it natively). ``subpixel_head`` rewrites the DBNet head's two stride-2 ConvTranspose
+run it natively). ``residual_scale_as_one_mul`` turns x + x * gate into one Mul, and
+``subpixel_head`` rewrites the DBNet head's two stride-2 ConvTranspose
 as 1x1 convolutions and a DepthToSpace. The results equal the originals up to float
 rounding.
 """
@@ -290,3 +291,32 @@ def subpixel_head(graph: gs.Graph) -> dict[str, str]:
         log.info("head %s + %s as 1x1 convolutions and DepthToSpace", first.name, second.name)
     graph.cleanup().toposort()
     return aliases
+
+
+def residual_scale_as_one_mul(graph: gs.Graph) -> gs.Graph:
+    """x + x * s as x * (1 + s): the squeeze-and-excitation residual of PP-OCR's RSE-FPN,
+    where s is a per-channel gate ([N, C, 1, 1]). One pass over the activation instead of
+    two; 1 + s is computed on the small gate. Exact up to float rounding."""
+    count = 0
+    for add in [n for n in graph.nodes if n.op == "Add" and len(n.inputs) == 2]:
+        for x, product in (add.inputs, add.inputs[::-1]):
+            mul = product.inputs[0] if product.inputs else None
+            if (mul is None or mul.op != "Mul" or len(mul.inputs) != 2 or _only_consumer(product) is not add
+                    or any(t is product for t in graph.outputs) or x not in mul.inputs or mul.inputs[0] is mul.inputs[1]):
+                continue
+            gate = mul.inputs[1] if mul.inputs[0] is x else mul.inputs[0]
+            if isinstance(gate, gs.Constant):
+                continue  # a constant scale: fold_conv_affine's business
+            name = add.name or add.outputs[0].name
+            lifted = gs.Variable(f"{name}_one_plus_gate", dtype=gate.dtype)
+            graph.nodes.append(gs.Node("Add", f"{name}_one_plus", inputs=[gate, gs.Constant(f"{name}_one", np.array(1.0, np.float32))],
+                                       outputs=[lifted]))
+            add.op, add.name = "Mul", f"{name}_residual_scale"
+            add.inputs = [x, lifted]
+            mul.outputs = []
+            count += 1
+            break
+    graph.cleanup().toposort()
+    if count:
+        log.info("folded %d residual gates into one Mul each", count)
+    return graph
