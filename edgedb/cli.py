@@ -196,7 +196,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             chosen = [name for name, _ in ranked[: args.auto_exclude] if name not in exclude]
             print("kept in float (most sensitive): " + ", ".join(f"{n} ({db:.1f} dB)" for n, db in ranked[: args.auto_exclude]))
             exclude += chosen
-        result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude)
+        result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude,
+                               full_range_weights=args.full_range_weights)
     onnx.save(result, str(args.output))
     print(f"wrote {args.output} ({args.precision}{'' if args.precision == 'fp16' else ', ' + args.target + ', ' + args.method}); "
           f"spec: {spec_from_metadata(result).input_name!r} -> 'prob'")
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--auto-exclude", type=int, default=0, metavar="K",
                           help="also keep the K convolutions most hurt by INT8 in float (sensitivity search)")
     quantize.add_argument("--sensitivity-images", type=int, default=4, help="images the search uses (default 4)")
+    quantize.add_argument("--full-range-weights", action="store_true",
+                          help="--target cpu: 8-bit instead of 7-bit weights, for CPUs with VNNI or ARM dot products "
+                               "(x86 without VNNI saturates them)")
     quantize.add_argument("--cache", type=Path, default=None,
                           help="calibration statistics cache folder (default calibration/cache)")
     _add_input_size_arguments(quantize)

@@ -158,6 +158,11 @@ def test_cpu_target_uses_uint8_activations(fp32, stats):
     weights = [numpy_helper.to_array(i) for i in model.graph.initializer
                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    full = quantize_int8(fp32, stats, target="cpu", method="max", full_range_weights=True)
+    assert max(int(np.abs(numpy_helper.to_array(i).astype(np.int32)).max()) for i in full.graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4) == 127
+    with pytest.raises(InvalidInputError, match="CPU target"):
+        quantize_int8(fp32, stats, target="tensorrt", full_range_weights=True)
     # The frame goes into the first convolution as uint8; upsampling stays NCHW in 2x steps.
     reader = next(n for n in model.graph.node if "image" in n.input)
     assert reader.op_type == "Transpose"

@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 
 METHODS = ("max", "percentile", "entropy", "mse")
 TARGETS = ("tensorrt", "cpu")
-# Operators with integer kernels in ONNX Runtime's CPU provider (QLinear* after fusion;
-# a Clip between Q/DQ pairs becomes part of the range).
 # Largest |int8 weight| of the CPU target: 7 bits, as ONNX Runtime's reduce_range makes them.
 CPU_WEIGHT_LIMIT = 64
+# Operators with integer kernels in ONNX Runtime's CPU provider (QLinear* after fusion;
+# a Clip between Q/DQ pairs becomes part of the range).
 CPU_OP_TYPES = ("Conv", "ConvTranspose", "Add", "Mul", "Clip", "Relu", "GlobalAveragePool", "Resize", "Concat")
 
 
@@ -109,7 +109,7 @@ def _mse_amax(stats: TensorStats, symmetric: bool) -> float:
     return min(stats.absmax(), float(candidates[int(np.argmin(error))]))
 
 
-def activation_ranges(stats: CalibrationStats, method: str = "entropy", *, symmetric: bool) -> dict:
+def activation_ranges(stats: CalibrationStats, method: str = "percentile", *, symmetric: bool) -> dict:
     """tensor -> (low, high) range to quantize to."""
     if method not in METHODS:
         raise InvalidInputError(f"method must be one of {METHODS}, not {method!r}")
@@ -152,16 +152,20 @@ def _clip_logits(model, ranges: dict) -> dict:
     return clipped
 
 
-def quantize_int8(model, stats: CalibrationStats, *, target: str = "tensorrt", method: str = "entropy",
-                  exclude: Sequence[str] = ()):
+def quantize_int8(model, stats: CalibrationStats, *, target: str = "tensorrt", method: str = "percentile",
+                  exclude: Sequence[str] = (), full_range_weights: bool = False):
     """A Q/DQ INT8 copy of a deployable FP32 model (see the module doc for targets).
 
     Args:
         model: onnx.ModelProto rewritten by edgedb (fused preprocessing, ``prob`` output).
         stats: calibration statistics of that model (``collect_stats``).
         target: ``"tensorrt"`` or ``"cpu"``.
-        method: ``"max"``, ``"percentile"`` or ``"entropy"``.
+        method: ``"max"``, ``"percentile"`` (default), ``"entropy"`` or ``"mse"``.
         exclude: names of Conv/ConvTranspose nodes to keep in float.
+        full_range_weights: CPU target only: 8-bit weights instead of 7-bit, for CPUs
+            whose int8 dot products cannot saturate (x86 with VNNI, ARM with dot-product
+            instructions). On x86 without VNNI they lose accuracy (pmaddubsw saturates);
+            measure with ``edgedb compare`` on the device.
 
     Raises:
         InvalidInputError: unknown target or method, or an excluded node that is not there.
@@ -177,6 +181,8 @@ def quantize_int8(model, stats: CalibrationStats, *, target: str = "tensorrt", m
 
     if target not in TARGETS:
         raise InvalidInputError(f"target must be one of {TARGETS}, not {target!r}")
+    if full_range_weights and target != "cpu":
+        raise InvalidInputError("full_range_weights is for the CPU target; TensorRT weights are always 8-bit")
     spec = spec_from_metadata(model)
     if spec is None or not spec.fused_preprocessing:
         raise ModelError("INT8 quantization needs a model rewritten by edgedb; run `edgedb rewrite` first")
@@ -216,14 +222,15 @@ def quantize_int8(model, stats: CalibrationStats, *, target: str = "tensorrt", m
     # with pmaddubsw, which saturates at 16 bits when two full-range products add up; the
     # lost bit costs far less than the saturation does (DBNets from PP-OCRv3 on).
     quantizer = QDQQuantizer(
-        inferred, True, target == "cpu", QuantType.QInt8, activation_type, tensors, None, keep_float, op_types, extra,
+        inferred, True, target == "cpu" and not full_range_weights, QuantType.QInt8, activation_type, tensors, None, keep_float, op_types, extra,
     )
     quantizer.quantize_model()
     # Parsers (TensorRT's included) read nodes in order: sort the inserted Q/DQ in place.
     graph = gs.import_onnx(quantizer.model.model)
     if target == "cpu":
         log.info("folded %d scalar Muls into quantization scales", fold_scalar_muls_into_scales(graph))
-        if not fold_preprocessing_into_first_convs(graph, weight_limit=CPU_WEIGHT_LIMIT):
+        limit = 127 if full_range_weights else CPU_WEIGHT_LIMIT
+        if not fold_preprocessing_into_first_convs(graph, weight_limit=limit):
             log.info("kept the float preprocessing: the normalized frame is not read by convolutions only")
         log.info("kept %d nearest upsamplings in NCHW", upsample_in_nchw(graph))
     graph.cleanup().toposort()
