@@ -129,17 +129,20 @@ class ImageResult:
 
     def to_dict(self) -> dict:
         """JSON-ready form (counts, scores and matched pairs)."""
-        return {
-            "name": self.name,
-            "precision": self.precision,
-            "recall": self.recall,
-            "hmean": self.hmean,
-            "gt_care": self.gt_care,
-            "det_care": self.det_care,
-            "matched": self.matched,
-            "ignored_detections": self.ignored_detections,
-            "matches": [list(pair) for pair in self.matches],
-        }
+        return {"name": self.name, **_summary(self), "matches": [list(pair) for pair in self.matches]}
+
+
+def _summary(result) -> dict:
+    """Scores and counts shared by the per-image and dataset-level results."""
+    return {
+        "precision": result.precision,
+        "recall": result.recall,
+        "hmean": result.hmean,
+        "gt_care": result.gt_care,
+        "det_care": result.det_care,
+        "matched": result.matched,
+        "ignored_detections": result.ignored_detections,
+    }
 
 
 @dataclass
@@ -170,16 +173,7 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """JSON-ready form; ``images`` holds each image's :meth:`ImageResult.to_dict`."""
-        return {
-            "precision": self.precision,
-            "recall": self.recall,
-            "hmean": self.hmean,
-            "gt_care": self.gt_care,
-            "det_care": self.det_care,
-            "matched": self.matched,
-            "ignored_detections": self.ignored_detections,
-            "images": [image.to_dict() for image in self.images],
-        }
+        return {**_summary(self), "images": [image.to_dict() for image in self.images]}
 
     def __str__(self) -> str:
         return (

@@ -254,28 +254,29 @@ def _check_seed(seed: Any) -> None:
         raise InvalidInputError(f"seed must be >= 0, got {seed}")
 
 
-def _check_size(size: Any) -> tuple[int, int]:
+def _int_pair(value: Any, name: str, form: str) -> tuple[int, int]:
+    """``value`` unpacked as two integers; errors name the argument and its ``form``."""
     try:
-        height, width = size
+        first, second = value
     except (TypeError, ValueError):
-        raise InvalidInputError(f"size must be (height, width), got {size!r}") from None
-    if not (_is_int(height) and _is_int(width)):
-        raise InvalidInputTypeError(f"size must be two integers, got {size!r}")
+        raise InvalidInputError(f"{name} must be {form}, got {value!r}") from None
+    if not (_is_int(first) and _is_int(second)):
+        raise InvalidInputTypeError(f"{name} must be two integers, got {value!r}")
+    return int(first), int(second)
+
+
+def _check_size(size: Any) -> tuple[int, int]:
+    height, width = _int_pair(size, "size", "(height, width)")
     if height <= 0 or width <= 0:
         raise InvalidInputError(f"size must be positive (height, width), got {size!r}")
-    return int(height), int(width)
+    return height, width
 
 
 def _check_words(words: Any) -> tuple[int, int]:
-    try:
-        lo, hi = words
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"words must be (min, max), got {words!r}") from None
-    if not (_is_int(lo) and _is_int(hi)):
-        raise InvalidInputTypeError(f"words must be two integers, got {words!r}")
+    lo, hi = _int_pair(words, "words", "(min, max)")
     if lo < 0 or hi < lo:
         raise InvalidInputError(f"words must satisfy 0 <= min <= max, got {words!r}")
-    return int(lo), int(hi)
+    return lo, hi
 
 
 # --------------------------------------------------------------------------
