@@ -190,7 +190,7 @@ def fold_preprocessing_into_first_convs(graph, weight_limit: int = 127) -> bool:
                 weights = _constant_value(conv.inputs[1])
                 if weights is None or weights.ndim != 4 or weights.shape[1] != channels:
                     return False
-                convs.append(conv)
+                convs.append((conv, weights))
     if not convs:
         return False
 
@@ -207,8 +207,7 @@ def fold_preprocessing_into_first_convs(graph, weight_limit: int = 127) -> bool:
                         gs.Constant(PREPROCESS_PREFIX + "pixel_zero_point", np.array(zero_point))],
                 outputs=[centred]),
     ]
-    for conv in convs:
-        weights = _constant_value(conv.inputs[1])
+    for conv, weights in convs:
         bias = _constant_value(conv.inputs[2]) if len(conv.inputs) > 2 else None
         bias = np.zeros(weights.shape[0]) if bias is None else bias
         folded = np.empty_like(weights)
