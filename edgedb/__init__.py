@@ -1,13 +1,14 @@
 """edgedb: DBNet text detection for edge devices (TensorRT on GPUs, ONNX Runtime on CPUs).
 
 ``import edgedb`` never imports TensorRT or pycuda; they load on first use of the
-TensorRT backend (``pip install edgedb[tensorrt]``).
+TensorRT backend (the ``tensorrt`` extra: ``pip install -e ".[tensorrt]"``).
 """
 
 from edgedb.boxes import TextBox, boxes_from_prob
 from edgedb.detector import EdgeDetector
 from edgedb.errors import (
     EdgeDBError,
+    EngineError,
     InvalidInputError,
     InvalidInputTypeError,
     MissingDependencyError,
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EdgeDBError",
+    "EngineError",
     "InvalidInputError",
     "InvalidInputTypeError",
     "MissingDependencyError",

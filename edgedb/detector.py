@@ -16,10 +16,10 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from edgedb.backends import create_backend
+from edgedb.backends import create_backend, resolve_backend_name
 from edgedb.boxes import TextBox, boxes_from_prob
 from edgedb.errors import EdgeDBError, InvalidInputError, ModelError
-from edgedb.models import DEFAULT_MODEL, resolve_model, zoo_spec
+from edgedb.models import DEFAULT_MODEL, cache_dir, is_engine_file, resolve_model, zoo_spec
 from edgedb.preprocess import (
     PreparedFrame,
     as_bgr_image,
@@ -40,13 +40,6 @@ DEFAULT_BOXES = dict(
     thresh=0.3, box_thresh=0.6, unclip_ratio=1.5, max_candidates=1000, min_size=3,
     score_mode="fast", box_type="quad", use_dilation=False,
 )
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("EDGEDB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "edgedb"
-    )
-    return Path(root)
 
 
 def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *, cache: bool = True):
@@ -73,7 +66,7 @@ def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *
     spec = spec or stored or zoo_spec(model) or guess_spec(proto)
     identity = f"{spec.to_json()}|{__version__}|{REWRITE_REVISION}".encode()
     key = hashlib.sha256(path.read_bytes() + identity).hexdigest()[:24]
-    cached = _cache_dir() / f"{path.stem}-{key}.onnx"
+    cached = cache_dir() / f"{path.stem}-{key}.onnx"
     if cache and cached.is_file():
         try:
             rewritten = onnx.load(str(cached))
@@ -97,11 +90,24 @@ class EdgeDetector:
     """DBNet text detection: ``detect(image) -> list[TextBox]`` in original image pixels.
 
     Args:
-        model: a zoo name (default ``"ppocrv4-det"``) or a path to a DBNet ONNX export
-            (rewritten by ``edgedb rewrite`` or not: a plain export is rewritten once).
-        backend: ``"auto"``, ``"cpu"``/``"onnxruntime"`` or ``"tensorrt"``.
+        model: a zoo name (default ``"ppocrv4-det"``), a path to a DBNet ONNX export
+            (rewritten by ``edgedb rewrite`` or not: a plain export is rewritten once), or
+            a TensorRT engine built by ``edgedb build`` (``.engine``, ``.plan``, ``.trt``).
+        backend: ``"auto"`` (TensorRT where tensorrt, pycuda and a GPU are present, else
+            ONNX Runtime), ``"cpu"``/``"onnxruntime"`` or ``"tensorrt"``. On TensorRT an ONNX
+            model is built into an engine once and cached (``$EDGEDB_CACHE/engines``).
         spec: how to feed the model, for exports without edgedb metadata; a guess from the
             graph and the zoo's normalization otherwise.
+        precision: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"best"`` (INT8 convolutions, FP16
+            between them): the precision the ONNX model is converted to (default: its own).
+            ONNX Runtime runs the same graph TensorRT builds (to check its accuracy; for
+            CPU speed use ``edgedb quantize --target cpu``).
+        calib: calibration images (a folder or a list file) for int8 and best.
+        image_sizes: TensorRT in ``limit`` mode: the (height, width) of the images the
+            engine must take, the most common first (its profile's opt; see
+            ``edgedb.engine.profiles``). Default: common camera and photo sizes.
+        max_batch: TensorRT: the largest batch ``detect_batch`` runs at once.
+        device: TensorRT: the CUDA device index.
         limit_side_len, limit_type: input size in ``limit`` mode: the longer side at most
             (``"max"``) or the shorter side at least (``"min"``) ``limit_side_len``, rounded
             to multiples of 32.
@@ -121,6 +127,11 @@ class EdgeDetector:
         backend: str = "auto",
         *,
         spec: Optional[ModelSpec] = None,
+        precision: Optional[str] = None,
+        calib: Optional[Union[str, Path]] = None,
+        image_sizes: Optional[Sequence[tuple[int, int]]] = None,
+        max_batch: int = 1,
+        device: int = 0,
         limit_side_len: int = DEFAULT_LIMIT_SIDE_LEN,
         limit_type: str = DEFAULT_LIMIT_TYPE,
         input_size: Optional[tuple[int, int]] = None,
@@ -142,12 +153,51 @@ class EdgeDetector:
         boxes_from_prob(np.zeros((1, 1), np.float32), **self._box_options)  # checks the options now
         self.limit_side_len, self.limit_type, self.max_side_len = limit_side_len, limit_type, max_side_len
         prepare_limit(np.zeros((8, 8, 3), np.uint8), limit_side_len, limit_type, max_side_len=max_side_len)
-        self.model_proto, self.spec = load_deployable(model, spec)
-        self.input_size = check_fixed_size(input_size, self.spec.stride)
-        self._backend = create_backend(backend, self.model_proto, threads=threads)
+        self._backend = None
+        if is_engine_file(model):
+            self._open_engine(model, backend, spec, precision, input_size, device)
+        else:
+            self.model_proto, self.spec = load_deployable(model, spec)
+            self.input_size = check_fixed_size(input_size, self.spec.stride)
+            if resolve_backend_name(backend) == "tensorrt":
+                from edgedb.engine import cached_build, choose_profile
+
+                profile = choose_profile(
+                    input_size=self.input_size, image_sizes=image_sizes, limit_side_len=limit_side_len,
+                    limit_type=limit_type, max_side_len=max_side_len, max_batch=max_batch, stride=self.spec.stride)
+                engine = cached_build(model, self.model_proto, profile, precision=precision, calib=calib,
+                                      limit_side_len=limit_side_len, limit_type=limit_type,
+                                      input_size=self.input_size, device=device)
+                self._backend = create_backend("tensorrt", engine, device=device)
+            else:
+                from edgedb.engine.precision import precision_model
+
+                runnable = precision_model(self.model_proto, precision, calib=calib, limit_side_len=limit_side_len,
+                                           limit_type=limit_type, input_size=self.input_size)
+                self._backend = create_backend("onnxruntime", runnable, threads=threads)
         self.backend_name = self._backend.name
         if self.spec.input_name not in self._backend.input_names or "prob" not in self._backend.output_names:
             raise ModelError(f"the rewritten model lacks input {self.spec.input_name!r} or output 'prob'")
+
+    def _open_engine(self, path, backend, spec, precision, input_size, device) -> None:
+        """An engine carries its spec, precision and profile in its sidecar."""
+        from edgedb.engine.sidecar import read_sidecar
+
+        if backend not in ("auto", "tensorrt"):
+            raise InvalidInputError(f"{path} is a TensorRT engine, which runs on backend 'tensorrt' (or 'auto'), "
+                                    f"not {backend!r}; give the ONNX model to run on ONNX Runtime")
+        sidecar = read_sidecar(path)
+        if spec is not None and spec != sidecar.spec:
+            raise InvalidInputError("an engine carries its own spec; build a new engine to change it")
+        if precision is not None and precision != sidecar.precision:
+            raise InvalidInputError(f"{path} is a {sidecar.precision} engine, not {precision}; "
+                                    f"build one with edgedb build --precision {precision}")
+        self.model_proto, self.spec = None, sidecar.spec
+        profile = sidecar.profiles[0]
+        if input_size is None and profile.static:
+            input_size = profile.min[1:]  # a static engine takes one frame size: letterbox into it
+        self.input_size = check_fixed_size(input_size, self.spec.stride)
+        self._backend = create_backend("tensorrt", path, device=device)
 
     # -- public API -------------------------------------------------------------------
 
@@ -172,15 +222,22 @@ class EdgeDetector:
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.frame.shape, []).append(index)
-        for indices in groups.values():
-            maps = self._infer([prepared[i].frame for i in indices])
-            for i, prob in zip(indices, maps):
-                results[i] = self._form(prob, prepared[i])
+        limit = getattr(self._backend, "max_batch", None) or len(prepared)  # an engine's profile caps batches
+        for group in groups.values():
+            for start in range(0, len(group), limit):
+                indices = group[start:start + limit]
+                maps = self._infer([prepared[i].frame for i in indices])
+                for i, prob in zip(indices, maps):
+                    results[i] = self._form(prob, prepared[i])
         return results  # type: ignore[return-value]
 
     def stream(self, images: Iterable[ImageLike]) -> Iterator[list[TextBox]]:
         """Detects a stream of frames, yielding their boxes in order. Box formation of
-        one frame (C++, GIL released) overlaps inference of the next."""
+        one frame (C++, GIL released) overlaps inference of the next; on TensorRT the
+        copies of the next frame also overlap the compute of the current one."""
+        if getattr(self._backend, "pipelined", False):
+            yield from self._stream_pipelined(images)
+            return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgedb-boxes") as pool:
             pending = None
             for image in images:
@@ -192,6 +249,30 @@ class EdgeDetector:
                 pending = future
             if pending is not None:
                 yield pending.result()
+
+    def _stream_pipelined(self, images: Iterable[ImageLike]) -> Iterator[list[TextBox]]:
+        # Frame i+1 is enqueued (copy in, compute, copy out on the backend's streams) before
+        # the host waits for frame i; boxes of frame i then form while i+1 computes.
+        from collections import deque
+
+        in_flight: deque = deque()
+        forming: deque = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgedb-boxes") as pool:
+            for image in images:
+                if self._backend.closed:
+                    raise EdgeDBError("this EdgeDetector is closed")
+                prepared = self._prepare(image)
+                in_flight.append((self._backend.submit({self.spec.input_name: prepared.frame[None]}), prepared))
+                if len(in_flight) > 1:
+                    pending, earlier = in_flight.popleft()
+                    forming.append(pool.submit(self._form, self._prob_of(pending.result(), 1)[0], earlier))
+                if len(forming) > 1:
+                    yield forming.popleft().result()
+            while in_flight:
+                pending, earlier = in_flight.popleft()
+                forming.append(pool.submit(self._form, self._prob_of(pending.result(), 1)[0], earlier))
+            while forming:
+                yield forming.popleft().result()
 
     def close(self) -> None:
         """Frees the backend; safe to call more than once."""
@@ -221,10 +302,14 @@ class EdgeDetector:
         if self._backend.closed:
             raise EdgeDBError("this EdgeDetector is closed")
         batch = frames[0][None] if len(frames) == 1 else np.stack(frames)
-        prob = self._backend.infer({self.spec.input_name: batch})["prob"]
-        if prob.ndim != 4 or prob.shape[1] != 1 or prob.shape[0] != len(frames):
+        return self._prob_of(self._backend.infer({self.spec.input_name: batch}), len(frames))
+
+    @staticmethod
+    def _prob_of(outputs: dict, count: int) -> list[np.ndarray]:
+        prob = outputs["prob"]
+        if prob.ndim != 4 or prob.shape[1] != 1 or prob.shape[0] != count:
             raise ModelError(f"the model's output has shape {prob.shape}, not (N, 1, H, W): not a DBNet probability map")
-        return [prob[i, 0] for i in range(len(frames))]
+        return [prob[i, 0] for i in range(count)]
 
     def _form(self, prob: np.ndarray, prepared: PreparedFrame) -> list[TextBox]:
         ch, cw = prepared.content

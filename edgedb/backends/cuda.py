@@ -1,0 +1,87 @@
+"""One CUDA device's primary context, made current around each piece of GPU work.
+
+TensorRT uses the CUDA runtime, which works in the device's *primary* context. pycuda's
+``autoinit`` instead creates a second context that is current only on the importing
+thread: TensorRT called from another thread then runs in a different context than the
+buffers pycuda allocated. So edgedb never creates a context: it retains the primary
+context once and pushes it around every call (``with device.activate(): ...``) on
+whichever thread makes the call; pycuda's context stack is per thread, so this works
+from any thread and for any number of detectors in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator
+
+from edgedb.errors import EdgeDBError
+
+
+class CudaDevice:
+    """A retained primary context of device ``index``; ``close()`` releases it (idempotent)."""
+
+    def __init__(self, index: int = 0):
+        from edgedb.backends.tensorrt import import_pycuda_driver
+
+        self.cuda = import_pycuda_driver()
+        count = self.cuda.Device.count()
+        if not 0 <= int(index) < count:
+            raise EdgeDBError(f"no CUDA device {index}: this machine has {count}" + (
+                " (is the NVIDIA driver loaded? nvidia-smi or, on a Jetson, tegrastats tells)" if count == 0 else ""))
+        self.index = int(index)
+        self.device = self.cuda.Device(self.index)
+        self._context = self.device.retain_primary_context()
+        self._owner = threading.get_ident()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """Makes the primary context current on this thread for the block."""
+        if self._closed:
+            raise EdgeDBError("this CUDA device handle is closed")
+        self._context.push()
+        try:
+            yield
+        finally:
+            self.cuda.Context.pop()
+
+    @property
+    def name(self) -> str:
+        return str(self.device.name())
+
+    @property
+    def compute_capability(self) -> tuple[int, int]:
+        major, minor = self.device.compute_capability()
+        return int(major), int(minor)
+
+    @property
+    def integrated(self) -> bool:
+        """True on a Jetson: the GPU shares the host's memory."""
+        return bool(self.device.get_attribute(self.cuda.device_attribute.INTEGRATED))
+
+    @property
+    def can_map_host_memory(self) -> bool:
+        return bool(self.device.get_attribute(self.cuda.device_attribute.CAN_MAP_HOST_MEMORY))
+
+    def device_info(self, trt):
+        from edgedb.engine.sidecar import DeviceInfo
+
+        return DeviceInfo(str(trt.__version__), self.name, self.compute_capability)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Releasing the primary context is only allowed on the thread that retained it
+        # (pycuda, cuda.hpp); elsewhere the reference is dropped and the driver releases
+        # it with the process.
+        if threading.get_ident() == self._owner:
+            self._context.detach()
+        self._context = None
+
+    def __enter__(self) -> "CudaDevice":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
