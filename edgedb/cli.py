@@ -43,6 +43,11 @@ def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--input-size", type=_size, metavar="HxW",
                        help="letterbox every image into this fixed input size (multiples of 32)")
     group.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    group.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
+                       help="convert the ONNX model to this precision first (default: its own); "
+                            "int8 and best need --calib")
+    group.add_argument("--calib", help="calibration images for int8/best: a folder or a list file")
+    _add_engine_shape_arguments(group)
     boxes = parser.add_argument_group("box formation (edgedb.boxes_from_prob)")
     boxes.add_argument("--thresh", type=float, default=DEFAULT_BOXES["thresh"], help="binarization threshold")
     boxes.add_argument("--box-thresh", type=float, default=DEFAULT_BOXES["box_thresh"], help="minimum box score")
@@ -58,11 +63,20 @@ def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     boxes.add_argument("--use-dilation", action="store_true", help="dilate the binary map by 2x2 first")
 
 
+def _add_engine_shape_arguments(group) -> None:
+    group.add_argument("--image-size", type=_size, action="append", dest="image_sizes", metavar="HxW",
+                       help="TensorRT, limit mode: an image size the engine must take (repeat; the most common "
+                            "first: it is the profile's opt). Default: HD/Full HD video both ways, VGA, 1080x1440")
+    group.add_argument("--max-batch", type=int, default=1, help="TensorRT: the largest batch (default 1)")
+    group.add_argument("--device", type=int, default=0, help="TensorRT: CUDA device index (default 0)")
+
+
 def _detector(args: argparse.Namespace):
     from edgedb.detector import EdgeDetector
 
     return EdgeDetector(
-        args.model, args.backend, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
+        args.model, args.backend, precision=args.precision, calib=args.calib, image_sizes=args.image_sizes,
+        max_batch=args.max_batch, device=args.device, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
         input_size=args.input_size, threads=args.threads, thresh=args.thresh, box_thresh=args.box_thresh,
         unclip_ratio=args.unclip_ratio, max_candidates=args.max_candidates, min_size=args.min_size,
         score_mode=args.score_mode, box_type=args.box_type, use_dilation=args.use_dilation,
@@ -220,6 +234,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from edgedb.engine import BuildOptions, build_from_model
+    from edgedb.engine.profiles import explicit_profile, parse_shape
+
+    shapes = (args.min_shape, args.opt_shape, args.max_shape)
+    profile = None
+    if any(shapes):
+        if args.input_size or args.image_sizes:
+            raise EdgeDBError("give either --min-shape/--opt-shape/--max-shape or --input-size/--image-size, not both")
+        if not (args.min_shape and args.max_shape):
+            raise EdgeDBError("--min-shape and --max-shape go together (--opt-shape is optional)")
+        profile = explicit_profile(parse_shape(args.min_shape), parse_shape(args.opt_shape) if args.opt_shape else None,
+                                   parse_shape(args.max_shape))
+    options = BuildOptions(workspace_mib=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
+                           gpu_fallback=args.gpu_fallback, builder_optimization_level=args.builder_optimization_level)
+    sidecar = build_from_model(
+        args.model, args.output, precision=args.precision, calib=args.calib, method=args.method,
+        input_size=args.input_size, image_sizes=args.image_sizes, limit_side_len=args.limit_side_len,
+        limit_type=args.limit_type, max_batch=args.max_batch, profile=profile, options=options, device=args.device,
+        verbose=args.verbose,
+    )
+    profile = sidecar.profiles[0]
+    print(f"{args.output}: {sidecar.precision}, {sidecar.device.describe()}, profile {profile.describe()} "
+          f"(NxHxW, {profile.layout} uint8 frames)")
+    return 0
+
+
 def _add_input_size_arguments(parser: argparse.ArgumentParser) -> None:
     from edgedb.detector import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
 
@@ -314,6 +355,38 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     _add_input_size_arguments(compare)
     compare.set_defaults(run=_cmd_compare)
+
+    build = commands.add_parser(
+        "build", help="build a TensorRT engine (needs the tensorrt extra and an NVIDIA GPU)",
+        description="Builds a TensorRT engine and its JSON sidecar (edgedb.engine.build_from_model): the model "
+        "rewritten, converted to the precision (as explicit types and Q/DQ in the ONNX, a strongly typed "
+        "network for TensorRT 10 and 11), with an optimization profile from the detector's shape policy: "
+        "static for --input-size, else covering the frames made from the --image-size sizes (opt = the first). "
+        "Flag names follow trtexec's where the meaning is the same.")
+    build.add_argument("model", help="zoo name, DBNet export, or ONNX from edgedb rewrite/quantize")
+    build.add_argument("--output", "-o", type=Path, required=True, help="the engine file (e.g. engines/NAME.engine)")
+    build.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
+                       help="default: the model's own (fp32 for an export); best = INT8 convolutions, FP16 between")
+    build.add_argument("--calib", help="calibration images for int8/best: a folder or a list file")
+    build.add_argument("--method", choices=["max", "percentile", "entropy", "mse"], default="percentile",
+                       help="INT8 activation ranges (default percentile)")
+    shapes = build.add_argument_group("shapes (edgedb.engine.choose_profile)")
+    shapes.add_argument("--input-size", type=_size, metavar="HxW", help="static profile: every frame letterboxed into HxW")
+    shapes.add_argument("--limit-side-len", type=int, default=736, help="limit mode side limit (default 736)")
+    shapes.add_argument("--limit-type", choices=["min", "max"], default="min", help="limit mode type (default min)")
+    _add_engine_shape_arguments(shapes)
+    shapes.add_argument("--min-shape", metavar="NxHxW", help="explicit profile instead (as trtexec --minShapes)")
+    shapes.add_argument("--opt-shape", metavar="NxHxW", help="(default: min batch, max height and width)")
+    shapes.add_argument("--max-shape", metavar="NxHxW")
+    trt_options = build.add_argument_group("TensorRT (edgedb.engine.BuildOptions)")
+    trt_options.add_argument("--workspace", type=int, metavar="MiB", help="workspace pool limit (trtexec --memPoolSize)")
+    trt_options.add_argument("--timing-cache", type=Path, metavar="FILE",
+                             help="read and write kernel timings here (default: one per GPU and TensorRT version "
+                                  "beside the engine)")
+    trt_options.add_argument("--dla-core", type=int, metavar="N", help="build for DLA core N (static shapes, fp16/int8)")
+    trt_options.add_argument("--gpu-fallback", action="store_true", help="with --dla-core: unsupported layers on the GPU")
+    trt_options.add_argument("--builder-optimization-level", type=int, metavar="L", help="0..5 (TensorRT default 3)")
+    build.set_defaults(run=_cmd_build)
     return parser
 
 
