@@ -261,6 +261,59 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import threading
+
+    from edgedb.bench import report, run_benchmark, run_comparison
+    from edgedb.engine.profiles import parse_shape
+
+    batch, input_size = args.batch, args.input_size
+    if args.shapes:
+        if args.input_size:
+            raise EdgeDBError("give --shapes NxHxW or --input-size HxW, not both")
+        batch, height, width = parse_shape(args.shapes)
+        input_size = (height, width)
+    for path, what in ((args.json, "--json"), (args.export_times, "--export-times"),
+                       (args.export_profile, "--export-profile"), (args.plot, "--plot")):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise EdgeDBError(f"{what}: the folder of {path} does not exist")
+    if args.plot:
+        from edgedb.bench.plot import _pyplot
+
+        _pyplot()  # a missing matplotlib is reported before the run, not after it
+    options = {key: value for key, value in (("limit_side_len", args.limit_side_len), ("limit_type", args.limit_type),
+                                             ("precision", args.precision), ("calib", args.calib)) if value is not None}
+    common = dict(backend=args.backend, input_size=input_size, batch=batch, warm_up_ms=args.warm_up,
+                  duration_s=args.duration, iterations=args.iterations, streams=args.streams, images=args.images,
+                  infer_only=args.infer_only, threads=args.threads, detector_options=options,
+                  progress=sys.stderr.isatty(), stop=threading.Event())
+    try:
+        if len(args.models) == 1:
+            model, _, backend = args.models[0].partition("@")
+            results = [run_benchmark(model, **{**common, "backend": backend or args.backend},
+                                     export_profile=bool(args.export_profile))]
+        else:
+            results = run_comparison(args.models, rounds=args.rounds, **common)
+    except KeyboardInterrupt:  # while detectors were being made: nothing measured yet
+        print("edgedb bench: interrupted before any query was measured", file=sys.stderr)
+        return 130
+    print(report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=1, default=str))
+        print(f"wrote {args.json}")
+    if args.export_times:
+        Path(args.export_times).write_text(json.dumps({r.label: r.times() for r in results}, indent=1))
+        print(f"wrote {args.export_times}")
+    if args.export_profile:
+        Path(args.export_profile).write_text(json.dumps({r.label: r.layers for r in results}, indent=1))
+        print(f"wrote {args.export_profile}")
+    if args.plot:
+        from edgedb.bench.plot import plot_results
+
+        print(f"wrote {plot_results(results, args.plot)}")
+    return 130 if any(r.interrupted for r in results) else 0
+
+
 def _add_input_size_arguments(parser: argparse.ArgumentParser) -> None:
     from edgedb.detector import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
 
@@ -387,6 +440,44 @@ def build_parser() -> argparse.ArgumentParser:
     trt_options.add_argument("--gpu-fallback", action="store_true", help="with --dla-core: unsupported layers on the GPU")
     trt_options.add_argument("--builder-optimization-level", type=int, metavar="L", help="0..5 (TensorRT default 3)")
     build.set_defaults(run=_cmd_build)
+
+    bench = commands.add_parser(
+        "bench", help="trtexec-style benchmark of the whole detector",
+        description="Times the whole detector (preprocessing, inference with its copies, box formation) the way "
+        "trtexec times a network: throughput, latency percentiles (trtexec's nearest-rank method), per-stage "
+        "figures and their shares (edgedb.bench.run_benchmark). Flags named as in trtexec mean the same: "
+        "--shapes, --batch, --warm-up (--warmUp), --duration, --iterations, --streams (--infStreams), "
+        "--export-times (--exportTimes), --export-profile (--exportProfile). Several models run in "
+        "interleaved rounds and are compared with the first (model@backend picks a backend per model). "
+        "Ctrl-C prints what was measured so far.")
+    bench.add_argument("models", nargs="+", metavar="MODEL", help="zoo name, ONNX or engine file; MODEL@cpu or "
+                       "MODEL@tensorrt for its backend")
+    bench.add_argument("--backend", default="auto", choices=["auto", "cpu", "onnxruntime", "tensorrt"],
+                       help="default backend of the models (default auto)")
+    bench.add_argument("--input-size", type=_size, metavar="HxW", help="letterbox every frame into HxW "
+                       "(default: the detector's limit mode, aspect kept)")
+    bench.add_argument("--shapes", metavar="NxHxW", help="batch and input size at once, as trtexec --shapes")
+    bench.add_argument("--batch", type=int, default=1, help="frames per query (default 1; needs a fixed input size)")
+    bench.add_argument("--warm-up", type=float, default=200.0, metavar="MS", help="warm-up in ms, dropped (default 200)")
+    bench.add_argument("--duration", type=float, default=3.0, metavar="S", help="run at least S seconds (default 3)")
+    bench.add_argument("--iterations", type=int, default=10, metavar="N", help="and at least N queries (default 10)")
+    bench.add_argument("--streams", type=int, default=1, metavar="K",
+                       help="K concurrent workers, each with its own detector (default 1)")
+    bench.add_argument("--rounds", type=int, default=3, help="compare mode: interleaved rounds (default 3)")
+    bench.add_argument("--images", type=Path, metavar="DIR",
+                       help="real images, decoded before timing (default: generated text scenes)")
+    bench.add_argument("--infer-only", action="store_true", help="time the network alone on prepared frames")
+    bench.add_argument("--threads", type=int, help="CPU threads per worker (default: cores / streams)")
+    bench.add_argument("--limit-side-len", type=int, help="detector side limit (default 736)")
+    bench.add_argument("--limit-type", choices=["min", "max"], help="detector limit type (default min)")
+    bench.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"], help="convert ONNX models first")
+    bench.add_argument("--calib", help="calibration images for int8/best")
+    bench.add_argument("--export-times", metavar="FILE", help="every query's start, end and stage times as JSON")
+    bench.add_argument("--export-profile", metavar="FILE",
+                       help="per-layer times (ONNX Runtime profiler / TensorRT IProfiler) as JSON, from a separate run")
+    bench.add_argument("--plot", metavar="FILE.png", help="latency histogram, latency over time, stages (matplotlib)")
+    bench.add_argument("--json", metavar="FILE", help="the figures as JSON")
+    bench.set_defaults(run=_cmd_bench)
     return parser
 
 

@@ -39,6 +39,7 @@ class OnnxRuntimeBackend(Backend):
         if hasattr(model, "SerializeToString"):
             model = model.SerializeToString()
         source = model if isinstance(model, bytes) else str(model)
+        self._source, self._threads = source, threads
         try:
             self._session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as error:  # ORT raises its own exception types; say what failed
@@ -56,6 +57,32 @@ class OnnxRuntimeBackend(Backend):
             raise InvalidInputError(f"missing inputs {sorted(missing)}; the model takes {list(self.input_names)}")
         outputs = self._session.run(list(self.output_names), {name: feed[name] for name in self.input_names})
         return dict(zip(self.output_names, outputs))
+
+    def profile_layers(self, feed: Mapping[str, np.ndarray], runs: int = 10) -> dict[str, list[float]]:
+        """Milliseconds per node over ``runs`` inferences, from ONNX Runtime's profiler (a
+        separate session: profiling slows every run down)."""
+        import json
+        import tempfile
+
+        import onnxruntime as ort
+
+        options = session_options(self._threads)
+        options.enable_profiling = True
+        with tempfile.TemporaryDirectory(prefix="edgedb-profile-") as folder:
+            options.profile_file_prefix = os.path.join(folder, "ort")
+            session = ort.InferenceSession(self._source, options, providers=["CPUExecutionProvider"])
+            for _ in range(runs):
+                session.run(list(self.output_names), {name: feed[name] for name in self.input_names})
+            with open(session.end_profiling(), encoding="utf-8") as trace:
+                events = json.load(trace)
+        times: dict[str, list[float]] = {}
+        for event in events:
+            name = event.get("name", "")
+            if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+                node = name[: -len("_kernel_time")]
+                op = event.get("args", {}).get("op_name", "")
+                times.setdefault(f"{node} ({op})" if op else node, []).append(event["dur"] / 1e3)
+        return times
 
     def _release(self) -> None:
         del self._session

@@ -139,6 +139,20 @@ class PendingInference:
         return self._outputs  # type: ignore[return-value]
 
 
+def _layer_profiler(trt, times: dict):
+    """A ``trt.IProfiler`` collecting each layer's milliseconds into ``times`` (made here:
+    TensorRT types can be subclassed only once tensorrt is imported)."""
+
+    class _Profiler(trt.IProfiler):
+        def __init__(self):
+            super().__init__()  # pybind11 bases must be initialized (IProfiler's docstring)
+
+        def report_layer_time(self, layer_name, ms):
+            times.setdefault(layer_name, []).append(float(ms))
+
+    return _Profiler()
+
+
 class TensorRTBackend(Backend):
     """Runs an edgedb-built TensorRT engine (``edgedb build``) on CUDA device ``device``.
 
@@ -276,6 +290,25 @@ class TensorRTBackend(Backend):
             events["d2h_end"].record(streams["d2h"])
             slot.pending = PendingInference(self, slot)
             return slot.pending
+
+    def profile_layers(self, feed: Mapping[str, np.ndarray], runs: int = 10) -> dict[str, list[float]]:
+        """Milliseconds per engine layer over ``runs`` inferences, from TensorRT's IProfiler
+        (``enqueue_emits_profile`` is on by default, so each enqueue reports its layers)."""
+        times: dict[str, list[float]] = {}
+        profiler = _layer_profiler(self._trt, times)
+        with self._lock:
+            for slot in self._slots:
+                if slot.pending is not None:
+                    self._collect(slot.pending)
+                slot.context.profiler = profiler
+        try:
+            for _ in range(runs):
+                self.infer(feed)
+        finally:
+            with self._lock:
+                for slot in self._slots:
+                    slot.context.profiler = None
+        return times
 
     def _free_slot(self) -> _Slot:
         """A slot with no frame in flight: an idle one, a new one (up to SLOTS), or the
