@@ -65,7 +65,8 @@ setup(
     ],
     extras_require={
         "tensorrt": ["tensorrt>=10", "pycuda>=2022.1"],
-        "dev": ["pytest>=7", "hypothesis>=6.80"],
+        "plot": ["matplotlib>=3.6"],  # edgedb bench --plot
+        "dev": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["edgedb=edgedb.cli:main"]},
     zip_safe=False,

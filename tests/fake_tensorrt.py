@@ -286,6 +286,10 @@ class FakeTensorRT:
             def __init__(self):
                 self.initialized = True
 
+        class IProfiler:
+            def __init__(self):
+                self.initialized = True
+
         class Network:
             def __init__(self, flags):
                 self.flags, self.model_bytes = flags, None
@@ -438,6 +442,7 @@ class FakeTensorRT:
                 self.engine, self.strategy = engine, strategy
                 self.shapes, self.addresses = {}, {}
                 self.address_calls, self.executions, self.device_memory = [], 0, None
+                self.profiler = None  # TensorRT reports each layer to it on every enqueue
 
             def set_device_memory(self, memory, size):
                 self.device_memory = (memory, size)
@@ -477,6 +482,9 @@ class FakeTensorRT:
                     data = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
                     cuda.memory[self.addresses[name]][: data.nbytes] = data
                 self.executions += 1
+                if self.profiler is not None:
+                    for node in self.engine.model.graph.node[:5]:
+                        self.profiler.report_layer_time(node.name, 0.5)
                 cuda.log("execute", stream_handle, id(self))
                 return True
 

@@ -2,7 +2,7 @@
 
 From TensorRT's ``samples/common/sampleReporting.cpp`` (v10.3.0; the same in v11.1):
 
-- percentile p: sort ascending, ``exclude = int((1 - p/100) * N)``, take
+- percentile p: sort ascending, ``exclude = int((1 - p/100) * N)`` in float32, take
   ``sorted[max(N - 1 - exclude, 0)]`` (nearest rank, no interpolation);
 - median: the middle value, or the mean of the two middle values for even N;
 - coefficient of variation: population standard deviation / mean, in percent;
@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
+
+import numpy as np
 
 from edgedb.errors import InvalidInputError
 
@@ -27,7 +29,8 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return math.inf
-    exclude = int((1 - p / 100) * len(ordered))
+    # In float32, as trtexec's C++ does: in float64, (1 - 90/100) * 100 is 9.999... -> 9.
+    exclude = int((np.float32(1) - np.float32(p) / np.float32(100)) * np.float32(len(ordered)))
     return ordered[max(len(ordered) - 1 - exclude, 0)]
 
 
