@@ -375,7 +375,8 @@ def run_comparison(
             per_worker = threads or max(1, (os.cpu_count() or 1) // streams)
             detectors = [EdgeDetector(model, chosen or backend, threads=per_worker,
                                       max_batch=max(settings.get("batch", 1), 1), **options) for _ in range(streams)]
-            contenders.append((str(spec), model, detectors))
+            label = Path(model).name + (f"@{chosen}" if chosen else "")
+            contenders.append((label, model, detectors))
         merged: dict[str, BenchmarkResult] = {}
         offsets = {label: 0.0 for label, _, _ in contenders}
         for _ in range(rounds):
