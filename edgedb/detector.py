@@ -195,8 +195,11 @@ class EdgeDetector:
                                     f"build one with edgedb build --precision {precision}")
         self.model_proto, self.spec = None, sidecar.spec
         profile = sidecar.profiles[0]
-        if input_size is None and profile.static:
-            input_size = profile.min[1:]  # a static engine takes one frame size: letterbox into it
+        if profile.static:  # a static engine takes one frame size: letterbox into it
+            if input_size is not None and tuple(input_size) != profile.min[1:]:
+                raise InvalidInputError(f"{path} was built for input size {profile.min[1]}x{profile.min[2]}, not "
+                                        f"{input_size[0]}x{input_size[1]}; leave input_size out or rebuild")
+            input_size = profile.min[1:]
         self.input_size = check_fixed_size(input_size, self.spec.stride)
         self._backend = create_backend("tensorrt", path, device=device)
 

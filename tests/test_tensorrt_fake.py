@@ -163,6 +163,8 @@ def test_cli_build_records_its_options_and_reuses_the_timing_cache(monkeypatch, 
     with EdgeDetector(model=str(engine), threads=2) as detector:  # a static engine letterboxes into its size
         assert detector.input_size == (384, 640) and detector.backend_name == "tensorrt"
         _same_boxes(detector.detect(images[0]), cpu_boxes[0])
+    with pytest.raises(InvalidInputError, match="built for input size 384x640"):
+        EdgeDetector(model=str(engine), input_size=(320, 640))
 
 
 def test_dla_builds_per_tensorrt_version(monkeypatch, tmp_path):
