@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--auto-exclude", type=int, nargs="*", default=[4],
                         help="also TensorRT INT8 (first method) keeping the K most sensitive convolutions float")
     parser.add_argument("--fp16", action="store_true", help="also the FP16 model (slow on CPUs)")
+    parser.add_argument("--best", action="store_true",
+                        help="also INT8 convolutions with float16 between them (first method; slow on CPUs)")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU INT8 model")
     parser.add_argument("--speed-rounds", type=int, default=3,
                         help="interleaved end-to-end timing rounds of FP32 against INT8-CPU")
     parser.add_argument("--json", type=Path)
@@ -66,7 +69,12 @@ def main() -> int:
             print(f"keep {k} float: {keep}")
             models[f"int8-tensorrt-{args.methods[0]}-keep{k}"] = quantize_int8(
                 fp32, stats, target="tensorrt", method=args.methods[0], exclude=keep)
-    models[f"int8-cpu-{args.cpu_method}"] = quantize_int8(fp32, stats, target="cpu", method=args.cpu_method)
+    if not args.no_cpu:
+        models[f"int8-cpu-{args.cpu_method}"] = quantize_int8(fp32, stats, target="cpu", method=args.cpu_method)
+    if args.best:
+        from edgedb.precision import quantize_best
+
+        models[f"best-{args.methods[0]}"] = quantize_best(fp32, stats, method=args.methods[0])
     if args.fp16:
         from edgedb.precision import to_float16
 
@@ -79,7 +87,7 @@ def main() -> int:
     base = reports[0]
     for r in reports[1:]:
         print(f"{r.name}: {base.seconds_per_image / r.seconds_per_image:.2f}x the speed of fp32")
-    if args.speed_rounds:
+    if args.speed_rounds and not args.no_cpu:
         speeds = interleaved_speed({"fp32": fp32, "int8-cpu": models[f"int8-cpu-{args.cpu_method}"]},
                                    [path for _, path, _ in held_out], args.speed_rounds)
         for name, times in speeds.items():

@@ -198,7 +198,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         from edgedb.precision.int8 import quantize_int8, sensitive_layers
 
         if not args.calib:
-            raise EdgeDBError("INT8 needs a calibration set: --calib DIR (a folder of images) or a list file")
+            raise EdgeDBError(f"{args.precision} needs a calibration set: --calib DIR (a folder of images) or a list file")
+        if args.precision == "best" and (args.target != "tensorrt" or args.full_range_weights):
+            raise EdgeDBError("--precision best is for TensorRT (INT8 convolutions, float16 between them); "
+                              "leave out --target cpu and --full-range-weights")
         images = calibration_images(args.calib)
         stats = collect_stats(model, images, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
                               input_size=args.input_size, cache_dir=args.cache or DEFAULT_CACHE)
@@ -210,8 +213,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             chosen = [name for name, _ in ranked[: args.auto_exclude] if name not in exclude]
             print("kept in float (most sensitive): " + ", ".join(f"{n} ({db:.1f} dB)" for n, db in ranked[: args.auto_exclude]))
             exclude += chosen
-        result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude,
-                               full_range_weights=args.full_range_weights)
+        if args.precision == "best":
+            from edgedb.precision import quantize_best
+
+            result = quantize_best(model, stats, method=args.method, exclude=exclude)
+        else:
+            result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude,
+                                   full_range_weights=args.full_range_weights)
     onnx.save(result, str(args.output))
     print(f"wrote {args.output} ({args.precision}{'' if args.precision == 'fp16' else ', ' + args.target + ', ' + args.method}); "
           f"spec: {spec_from_metadata(result).input_name!r} -> 'prob'")
@@ -374,12 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser(
         "quantize", help="INT8 (calibrated Q/DQ) or FP16 model for TensorRT or the CPU",
         description="Writes an explicitly quantized ONNX: INT8 with QuantizeLinear/DequantizeLinear pairs from "
-        "a calibration set (edgedb.precision.quantize_int8), or float16 weights and activations "
+        "a calibration set (edgedb.precision.quantize_int8; with float16 between them, "
+        "edgedb.precision.quantize_best), or float16 weights and activations "
         "(edgedb.precision.to_float16). Calibration statistics are cached: quantizing again with another "
         "method, target or exclusions makes no new pass over the images.")
     quantize.add_argument("model", help="zoo name or ONNX path (rewritten or not)")
     quantize.add_argument("--output", "-o", type=Path, required=True, help="where to write the model")
-    quantize.add_argument("--precision", choices=["int8", "fp16"], default="int8")
+    quantize.add_argument("--precision", choices=["int8", "fp16", "best"], default="int8",
+                          help="int8: Q/DQ convolutions, float32 between (default); fp16: float16 weights and "
+                          "activations; best: INT8 convolutions with float16 between them, for TensorRT")
     quantize.add_argument("--calib", help="calibration images: a folder or a list file (INT8)")
     quantize.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
                           help="tensorrt: signed symmetric Q/DQ on convolutions; cpu: uint8 QDQ ONNX Runtime fuses")
