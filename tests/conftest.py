@@ -70,3 +70,17 @@ def real_maps(detector):
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped unless tensorrt, pycuda and a CUDA device are present."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    from edgedb.backends.tensorrt import tensorrt_available
+
+    if tensorrt_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with TensorRT and pycuda (pip install -e '.[tensorrt]')")
+    for item in gpu_items:
+        item.add_marker(skip)

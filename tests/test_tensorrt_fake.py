@@ -165,6 +165,12 @@ def test_cli_build_records_its_options_and_reuses_the_timing_cache(monkeypatch, 
         _same_boxes(detector.detect(images[0]), cpu_boxes[0])
     with pytest.raises(InvalidInputError, match="built for input size 384x640"):
         EdgeDetector(model=str(engine), input_size=(320, 640))
+    # One frame size with batches of 1 to 2 is still a fixed-size engine.
+    batched = tmp_path / "det-b2.engine"
+    assert main(["build", "ppocrv4-det", "-o", str(batched), "--input-size", "384x640", "--max-batch", "2"]) == 0
+    with EdgeDetector(model=str(batched), threads=2) as detector:
+        assert detector.input_size == (384, 640) and detector._backend.max_batch == 2
+        _same_boxes(detector.detect_batch(images[:2])[0], cpu_boxes[0])
 
 
 def test_dla_builds_per_tensorrt_version(monkeypatch, tmp_path):

@@ -61,9 +61,11 @@ def import_pycuda_driver():
 
 
 def tensorrt_available() -> bool:
-    """True when tensorrt and pycuda import and a CUDA device is present."""
+    """True when a supported tensorrt (10.x or 11.x) and pycuda import and a CUDA device is present."""
+    from edgedb.engine.compat import check_supported
+
     try:
-        import_tensorrt()
+        check_supported(import_tensorrt())
         return import_pycuda_driver().Device.count() > 0
     except Exception:  # any failure means: not usable here
         return False

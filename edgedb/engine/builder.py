@@ -77,7 +77,7 @@ def check_dla_profile(profile: Profile, options: BuildOptions, precision: str) -
     """The DLA needs static shapes and FP16 or INT8 (TensorRT's DLA restrictions)."""
     if options.dla_core is None:
         return
-    if not profile.static:
+    if not profile.static or profile.min != profile.max:
         raise InvalidInputError("the DLA needs static shapes: build with a fixed input size "
                                 "(input_size=(H, W), --input-size HxW) and max_batch 1")
     if precision == "fp32":

@@ -63,7 +63,8 @@ class Profile:
 
     @property
     def static(self) -> bool:
-        return self.min == self.opt == self.max
+        """One frame size (the batch may still vary)."""
+        return self.min[1:] == self.opt[1:] == self.max[1:]
 
     @property
     def max_batch(self) -> int:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 OPSET = 19  # QuantizeLinear with a float16 scale
 _CONV_OPS = ("Conv", "ConvTranspose")
 # The smallest positive float16 (a subnormal): a scale must be positive for TensorRT.
-_FLOAT16_TINY = float(np.finfo(np.float16).smallest_subnormal)
+_FLOAT16_TINY = 2.0 ** -24
 
 
 def _scale(amax: np.ndarray, dtype) -> np.ndarray:
