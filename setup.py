@@ -66,6 +66,8 @@ setup(
     extras_require={
         "tensorrt": ["tensorrt>=10", "pycuda>=2022.1"],
         "plot": ["matplotlib>=3.6"],  # edgedb bench --plot
+        # edgedb train; scripts/setup.sh installs a CPU build (plain pip takes a CUDA one)
+        "train": ["torch>=2.1"],
         "dev": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["edgedb=edgedb.cli:main"]},

@@ -12,4 +12,15 @@ if ! dpkg -s libpolyclipping-dev >/dev/null 2>&1 || ! command -v g++ >/dev/null 
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libpolyclipping-dev g++ >/dev/null
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+# PyTorch for fine-tuning (the train extra), as a CPU build: plain `pip install torch` takes
+# a CUDA build with about 5 GB of NVIDIA libraries. PyTorch's CPU index first; where it is
+# out of reach, the CPU build this package index carries. With a GPU, install a CUDA build
+# of torch yourself before running this (it is kept).
+if ! python3 -c "import torch" >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check --timeout 15 --retries 0 \
+        --index-url https://download.pytorch.org/whl/cpu torch 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0+cpu" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,train]"

@@ -1,0 +1,250 @@
+"""Fine-tuning a DBNet on the user's images: the training loop.
+
+Random crops of the training images (augmented), the DB paper's labels and loss, Adam
+with a short warm-up and polynomial decay, and a validation pass every few steps that
+runs the model the way ``EdgeDetector`` will (its resize, box formation and ICDAR metric)
+to keep the best checkpoint. A model no better than the base on validation is not
+offered as a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from edgedb.errors import InvalidInputError, MissingDependencyError, ModelError
+from edgedb.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+TRAIN_EXTRA = ("pip install -e '.[train]' in an edgedb checkout (PyTorch; a CPU build: "
+               "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError as error:
+        raise MissingDependencyError(f"fine-tuning needs PyTorch, which is not installed: {TRAIN_EXTRA}") from error
+    return torch
+
+
+def free_cores() -> int:
+    """Cores this process may use that are not busy (1-minute load average)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = int(round(os.getloadavg()[0]))
+    except OSError:
+        busy = 0
+    return max(1, min(available, available - busy + 1))
+
+
+@dataclass
+class Scores:
+    precision: float
+    recall: float
+    hmean: float
+
+    def __str__(self) -> str:
+        return f"P {self.precision:.3f}  R {self.recall:.3f}  H {self.hmean:.3f}"
+
+
+@dataclass
+class FinetuneResult:
+    """What training produced. ``model`` is the best checkpoint's ONNX (the base's
+    interface), or None when no checkpoint beat the base on validation."""
+
+    base: Scores
+    best: Scores
+    best_step: int
+    steps: int
+    seconds: float
+    model: Optional[object] = None
+    history: list = field(default_factory=list)  # (step, loss terms, validation hmean or None)
+
+    @property
+    def improved(self) -> bool:
+        return self.model is not None
+
+    def save(self, path: Union[str, Path]) -> Path:
+        import onnx
+
+        if self.model is None:
+            raise ModelError(f"not writing {path}: no checkpoint beat the base model on validation "
+                             f"(base hmean {self.base.hmean:.3f}, best {self.best.hmean:.3f}); try more steps, a "
+                             "lower --lr, or more training images")
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise InvalidInputError(f"output folder {path.parent} does not exist")
+        onnx.save(self.model, str(path))
+        return path
+
+
+class Validator:
+    """Scores a model on held-back samples as EdgeDetector would run it: frames prepared
+    by the detector's resize policy (once), box formation with the detector's defaults,
+    the ICDAR 2015 protocol."""
+
+    def __init__(self, samples: Sequence, *, limit_side_len: int = 736, limit_type: str = "min",
+                 box_options: Optional[dict] = None, stride: int = 32):
+        from edgedb.detector import DEFAULT_BOXES
+        from edgedb.evaluation import GroundTruthBox
+        from edgedb.preprocess import prepare_limit
+
+        self.box_options = {**DEFAULT_BOXES, **(box_options or {})}
+        self.items = []
+        for sample in samples:
+            truth = [GroundTruthBox(np.asarray(p, np.float32), "###" if ignored else "", bool(ignored))
+                     for p, ignored in zip(sample.polygons, sample.ignore)]
+            self.items.append((prepare_limit(sample.image, limit_side_len, limit_type, stride), truth))
+
+    def __call__(self, net) -> Scores:
+        from edgedb.boxes import boxes_from_prob
+        from edgedb.evaluation import evaluate
+        from edgedb.train.model import prob_map
+
+        net.train(False)
+        results = []
+        for prepared, truth in self.items:
+            prob = prob_map(net, prepared.frame)
+            ch, cw = prepared.content
+            boxes = boxes_from_prob(np.ascontiguousarray(prob[:ch, :cw]), dest_size=prepared.original,
+                                    **self.box_options)
+            results.append((boxes, truth))
+        summary = evaluate(results)
+        return Scores(summary.precision, summary.recall, summary.hmean)
+
+
+def _learning_rate(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * (1 - (step - warmup) / max(1, steps - warmup)) ** 0.9  # the DB paper's poly decay
+
+
+def finetune(
+    train: Sequence,
+    val: Optional[Sequence] = None,
+    *,
+    base: Union[str, Path] = "ppocrv4-det",
+    spec: Optional[ModelSpec] = None,
+    steps: int = 200,
+    batch_size: int = 4,
+    crop: int = 640,
+    lr: float = 1e-3,
+    loss: str = "db",
+    binary_loss: str = "dice",
+    val_every: Optional[int] = None,
+    val_fraction: float = 0.2,
+    threads: Optional[int] = None,
+    device: Optional[str] = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tunes ``base`` on ``train`` samples (``edgedb.train.data.Sample``).
+
+    Args:
+        train: training samples (image, polygons, ignore flags).
+        val: validation samples; default: ``val_fraction`` of ``train``, held back.
+        base: zoo name or DBNet ONNX file (an export or a model edgedb wrote).
+        spec: the base's spec when edgedb cannot tell it.
+        steps, batch_size, crop: optimizer steps, crops per step, crop side in pixels.
+        lr: Adam's peak learning rate (warm-up over the first 5% of steps, then poly decay).
+        loss: ``"db"`` (Ls + Lb + 10 Lt, with a threshold head) or ``"prob"`` (Ls only).
+        binary_loss: ``"dice"`` or ``"bce"`` for Lb.
+        val_every: steps between validations (default: steps / 8).
+        threads: CPU threads (default: the free cores).
+        device: ``"cpu"``, ``"cuda"`` (default: CUDA when available).
+
+    Raises:
+        InvalidInputError: no training samples, bad numbers.
+        MissingDependencyError: PyTorch is not installed.
+    """
+    torch = import_torch()
+    from edgedb.train.data import batches
+    from edgedb.train.loss import db_loss
+    from edgedb.train.model import TrainableDBNet, load_base
+
+    train = list(train)
+    if not train:
+        raise InvalidInputError("no training images")
+    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("crop", crop, 64)):
+        if not isinstance(value, int) or value < low:
+            raise InvalidInputError(f"{name} must be an integer >= {low}, not {value!r}")
+    if not lr > 0:
+        raise InvalidInputError(f"lr must be positive, not {lr!r}")
+    if threads is not None and threads < 1:
+        raise InvalidInputError(f"threads must be >= 1, not {threads}")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    if val is None:
+        if len(train) < 2:
+            raise InvalidInputError("give validation images (val) or at least two training images to split")
+        order = rng.permutation(len(train))
+        held = max(1, int(round(len(train) * val_fraction)))
+        val = [train[i] for i in order[:held]]
+        train = [train[i] for i in order[held:]]
+    torch.set_num_threads(threads or free_cores())
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    model, spec = load_base(base, spec)
+    net = TrainableDBNet(model, spec, threshold_head=loss == "db").to(device)
+    validator = Validator(val, stride=spec.stride)
+    net_cpu_eval = device == "cpu"
+    base_scores = validator(net) if net_cpu_eval else _validate_on_cpu(net, validator)
+    log.info("base model on %d validation images: %s", len(val), base_scores)
+
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    warmup = max(1, steps // 20)
+    val_every = val_every or max(1, steps // 8)
+    stream = batches(train, batch_size, rng, crop=(crop, crop))
+    best_scores, best_step, best_state = base_scores, 0, None
+    history = []
+    start = time.perf_counter()
+    from tqdm import tqdm
+
+    bar = tqdm(range(steps), desc="fine-tune", unit="step", disable=not progress)
+    for step in bar:
+        net.train(True)
+        batch = next(stream)
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, steps, lr, warmup)
+        images = torch.from_numpy(batch["image"]).to(device)
+        labels = {k: torch.from_numpy(batch[k]).to(device)
+                  for k in ("shrink", "shrink_mask", "threshold", "threshold_mask")}
+        prob, thresh = net(images)
+        total, terms = db_loss(prob, thresh, labels, mode=loss, binary_loss=binary_loss)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        hmean = None
+        if (step + 1) % val_every == 0 or step + 1 == steps:
+            scores = validator(net) if net_cpu_eval else _validate_on_cpu(net, validator)
+            hmean = scores.hmean
+            if scores.hmean > best_scores.hmean:
+                best_scores, best_step, best_state = scores, step + 1, net.state()
+            bar.set_postfix(loss=f"{terms.total:.3f}", val_h=f"{scores.hmean:.3f}", best=f"{best_scores.hmean:.3f}")
+        else:
+            bar.set_postfix(loss=f"{terms.total:.3f}", best=f"{best_scores.hmean:.3f}")
+        history.append((step + 1, terms, hmean))
+    bar.close()
+    seconds = time.perf_counter() - start
+    exported = None
+    if best_state is not None:
+        net.load_state(best_state)
+        net.to("cpu")
+        exported = net.export()
+    return FinetuneResult(base_scores, best_scores, best_step, steps, seconds, exported, history)
+
+
+def _validate_on_cpu(net, validator):
+    net.to("cpu")
+    try:
+        return validator(net)
+    finally:
+        net.to("cuda")
