@@ -43,19 +43,37 @@ class TextBox:
         return {"points": self.points.tolist(), "score": float(self.score)}
 
 
-def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+# Bounds of the parameters, checked here so that out-of-range values get a clear error
+# rather than pybind11's "incompatible function arguments" (the C++ core takes 32-bit
+# ints) or a Clipper "Coordinate outside allowed range".
+MAX_CANDIDATES = 2**31 - 1
+# Points are float32: whole pixels are exact up to 2**24.
+MAX_DEST_SIDE = 2**24
+# D' = A' * r' / L' grows a box by about r'/2 times its short side; PaddleOCR uses 1.5 to
+# 2.0. Far larger ratios overflow Clipper's coordinates (1e30) or give boxes larger than
+# any image, and the round joins take a number of points that grows with sqrt(D').
+MAX_UNCLIP_RATIO = 100.0
+
+
+def _number(name: str, value, low: float, high: float) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise InvalidInputTypeError(f"{name} must be a number, not {type(value).__name__}")
-    return float(value)
+    number = float(value)
+    if not low <= number <= high:  # NaN fails too
+        raise InvalidInputError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return number
 
 
-def _integer(name: str, value) -> int:
-    if isinstance(value, bool):
+def _integer(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, (bool, np.bool_)):
         raise InvalidInputTypeError(f"{name} must be an integer, not bool")
     try:
-        return operator.index(value)
+        integer = operator.index(value)
     except TypeError:
         raise InvalidInputTypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+    if not low <= integer <= high:
+        raise InvalidInputError(f"{name} must be an integer in [{low}, {high}], got {integer}")
+    return integer
 
 
 def _dest_size(dest_size) -> Tuple[int, int]:
@@ -65,9 +83,14 @@ def _dest_size(dest_size) -> Tuple[int, int]:
         height, width = dest_size
     except (TypeError, ValueError):
         raise InvalidInputTypeError("dest_size must be None or (height, width)") from None
-    height, width = _integer("dest_size height", height), _integer("dest_size width", width)
-    if height <= 0 or width <= 0:
-        raise InvalidInputError(f"dest_size must be positive, got ({height}, {width})")
+    if isinstance(height, (bool, np.bool_)) or isinstance(width, (bool, np.bool_)):
+        raise InvalidInputTypeError("dest_size must be two integers (height, width), not bool")
+    try:
+        height, width = operator.index(height), operator.index(width)
+    except TypeError:
+        raise InvalidInputTypeError(f"dest_size must be two integers (height, width), got {dest_size!r}") from None
+    if not (0 < height <= MAX_DEST_SIDE and 0 < width <= MAX_DEST_SIDE):
+        raise InvalidInputError(f"dest_size sides must be in [1, {MAX_DEST_SIDE}], got ({height}, {width})")
     return height, width
 
 
@@ -111,7 +134,10 @@ def boxes_from_prob(
             wrong type.
         InvalidInputError: a bad value: NaN, inf or values far outside [0, 1] (beyond
             [-0.25, 1.25]; small overshoot is accepted) in the map, a map that
-            is empty, not 2-D or has a non-unit column stride, a parameter out of range.
+            is empty, not 2-D or has a non-unit column stride, a parameter out of range:
+            ``thresh`` and ``box_thresh`` in [0, 1], ``unclip_ratio`` in [0,
+            MAX_UNCLIP_RATIO], ``min_size`` finite and >= 0, ``max_candidates`` in [0,
+            2**31 - 1], ``dest_size`` sides in [1, 2**24].
     """
     if not isinstance(prob, np.ndarray):
         raise InvalidInputTypeError(f"prob must be a numpy array, not {type(prob).__name__}")
@@ -119,20 +145,25 @@ def boxes_from_prob(
         raise InvalidInputError(f"score_mode must be one of {SCORE_MODES}, not {score_mode!r}")
     if not isinstance(box_type, str) or box_type not in BOX_TYPES:
         raise InvalidInputError(f"box_type must be one of {BOX_TYPES}, not {box_type!r}")
+    if not isinstance(use_dilation, (bool, np.bool_)):
+        raise InvalidInputTypeError(f"use_dilation must be True or False, not {type(use_dilation).__name__}")
     dest_height, dest_width = _dest_size(dest_size)
-    points, counts, scores = _native.form_boxes(
-        prob,
-        _number("thresh", thresh),
-        _number("box_thresh", box_thresh),
-        _number("unclip_ratio", unclip_ratio),
-        _integer("max_candidates", max_candidates),
-        _number("min_size", min_size),
+    arguments = (
+        _number("thresh", thresh, 0.0, 1.0),
+        _number("box_thresh", box_thresh, 0.0, 1.0),
+        _number("unclip_ratio", unclip_ratio, 0.0, MAX_UNCLIP_RATIO),
+        _integer("max_candidates", max_candidates, 0, MAX_CANDIDATES),
+        _number("min_size", min_size, 0.0, float(np.finfo(np.float64).max)),
         score_mode,
         box_type,
         bool(use_dilation),
         dest_height,
         dest_width,
     )
+    try:
+        points, counts, scores = _native.form_boxes(prob, *arguments)
+    except RuntimeError as error:  # a C++ failure the checks above did not foresee (Clipper's range)
+        raise InvalidInputError(f"box formation failed: {error}") from error
     if box_type == "quad":
         pieces = points.reshape(-1, 4, 2)
     else:

@@ -19,12 +19,13 @@ import numpy as np
 
 from edgedb.backends import create_backend, resolve_backend_name
 from edgedb.boxes import TextBox, boxes_from_prob
-from edgedb.errors import EdgeDBError, InvalidInputError, ModelError
+from edgedb.errors import EdgeDBError, InvalidInputError, InvalidInputTypeError, ModelError
 from edgedb.models import DEFAULT_MODEL, cache_dir, is_engine_file, resolve_model, zoo_spec
 from edgedb.preprocess import (
     PreparedFrame,
     as_bgr_image,
     check_fixed_size,
+    check_limits,
     prepare_fixed,
     prepare_limit,
 )
@@ -87,6 +88,17 @@ def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *
     return rewritten, new_spec
 
 
+def _check_count(name: str, value, *, minimum: int, optional: bool = False) -> None:
+    """Refuses a count or index that is not an integer >= ``minimum`` (bool included)."""
+    if value is None and optional:
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputTypeError(f"{name} must be an integer{' or None' if optional else ''}, "
+                                    f"not {type(value).__name__}")
+    if value < minimum:
+        raise InvalidInputError(f"{name} must be >= {minimum}, got {value}")
+
+
 class EdgeDetector:
     """DBNet text detection: ``detect(image) -> list[TextBox]`` in original image pixels.
 
@@ -115,7 +127,10 @@ class EdgeDetector:
         input_size: ``(height, width)``, multiples of 32: letterbox every image into this
             fixed size instead (what a static TensorRT profile wants).
         max_side_len: cap on the longer input side, for huge images.
-        threads: CPU threads for the backend (default: all cores).
+            ``limit_side_len``, ``max_side_len`` and ``input_size`` sides are at most
+            ``edgedb.preprocess.MAX_INPUT_SIDE`` (16384), and a network input at most
+            ``MAX_INPUT_PIXELS`` (8192 x 8192): larger values raise InvalidInputError.
+        threads: CPU threads for the backend, >= 1 (default: all cores).
         thresh, box_thresh, unclip_ratio, max_candidates, min_size, score_mode, box_type,
         use_dilation: box formation, as in :func:`edgedb.boxes_from_prob`.
 
@@ -152,8 +167,11 @@ class EdgeDetector:
             min_size=min_size, score_mode=score_mode, box_type=box_type, use_dilation=use_dilation,
         )
         boxes_from_prob(np.zeros((1, 1), np.float32), **self._box_options)  # checks the options now
-        self.limit_side_len, self.limit_type, self.max_side_len = limit_side_len, limit_type, max_side_len
-        prepare_limit(np.zeros((8, 8, 3), np.uint8), limit_side_len, limit_type, max_side_len=max_side_len)
+        self.limit_side_len, self.limit_type, self.max_side_len = check_limits(limit_side_len, limit_type, max_side_len)
+        _check_count("threads", threads, minimum=1, optional=True)
+        _check_count("max_batch", max_batch, minimum=1)
+        _check_count("device", device, minimum=0)
+        check_fixed_size(input_size, 1)  # bounds before the model loads; the stride is checked below
         self._backend = None
         if is_engine_file(model):
             self._open_engine(model, backend, spec, precision, input_size, device)

@@ -21,6 +21,9 @@ def session_options(threads: Optional[int] = None, *, qdq_transforms: bool = Tru
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No memory arena: after one huge frame the arena kept 2.2 GB for the life of the
+    # session (219 MB without it), and 720p frames run as fast (644 vs 646 ms).
+    options.enable_cpu_mem_arena = False
     if not qdq_transforms:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

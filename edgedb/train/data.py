@@ -35,6 +35,7 @@ import numpy as np
 
 from edgedb.errors import InvalidInputError, InvalidInputTypeError
 from edgedb.evaluation import IcdarDataset, load_icdar_gt
+from edgedb.preprocess import read_image
 from edgedb.train.labels import make_labels
 
 __all__ = [
@@ -86,10 +87,7 @@ class Sample:
 def _read_image(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InvalidInputError(f"no image file at {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InvalidInputError(f"{path} is not an image OpenCV can read")
-    return image
+    return read_image(path)  # the pixel limit and the truncation check of every edgedb read
 
 
 def icdar_samples(
