@@ -40,7 +40,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    name="edgedb",
+    name="dbnet-edge",  # "edgedb" on PyPI is the EdgeDB database driver; the import package stays edgedb
     version="0.1.0",
     description="TensorRT-optimized edge deployment SDK for DBNet text detection",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),

@@ -53,13 +53,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--base", default="ppocrv4-det")
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--crop", type=int, default=640)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--loss", default="db", choices=["db", "prob"])
-    parser.add_argument("--binary-loss", default="dice", choices=["dice", "bce"])
+    parser.add_argument("--binary-loss", default="bce", choices=["dice", "bce"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=float, nargs=2, default=(0.7, 1.4))
+    parser.add_argument("--ema", type=float, default=0.95)
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--labels", action="store_true")
     parser.add_argument("--output", type=Path, help="keep the fine-tuned ONNX here")
@@ -84,7 +86,8 @@ def main() -> int:
     held_out = [(name, path, truth) for name, path, truth in IcdarDataset(images) if number(name) > 50]
 
     result = finetune(train, val, base=args.base, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
-                      lr=args.lr, loss=args.loss, binary_loss=args.binary_loss, seed=args.seed)
+                      lr=args.lr, loss=args.loss, binary_loss=args.binary_loss, seed=args.seed,
+                      scale=tuple(args.scale), ema=args.ema)
     figures.update(train_seconds=result.seconds, best_step=result.best_step,
                    val_before=vars(result.base), val_after=vars(result.best),
                    losses=[(step, terms.total) for step, terms, _ in result.history],

@@ -1,7 +1,9 @@
 """edgedb: DBNet text detection for edge devices (TensorRT on GPUs, ONNX Runtime on CPUs).
 
 ``import edgedb`` never imports TensorRT or pycuda; they load on first use of the
-TensorRT backend (the ``tensorrt`` extra: ``pip install -e ".[tensorrt]"``).
+TensorRT backend (the ``tensorrt`` extra: ``pip install 'dbnet-edge[tensorrt]'``, or
+``pip install -e '.[tensorrt]'`` in a checkout). The distribution is ``dbnet-edge``
+(``edgedb`` on PyPI is the EdgeDB database client); the import package is ``edgedb``.
 """
 
 from edgedb.boxes import TextBox, boxes_from_prob

@@ -1,5 +1,10 @@
 """The ``edgedb`` command line: a thin layer over the library; every flag is an argument
-of the function or class it calls (named in each group's title)."""
+of the function or class it calls (named in each group's title).
+
+Every error is one line on stderr, ``edgedb COMMAND: error: ...``, and exit code 2. Batch
+commands skip an image they cannot read (saying which and why, and listing it under
+``skipped`` in their JSON) unless ``--strict`` asks them to stop at it.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,25 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgedb.errors import EdgeDBError
+from edgedb.errors import EdgeDBError, InvalidInputError
+from edgedb.preprocess import IMAGE_SUFFIXES
 
 log = logging.getLogger("edgedb")
 
-from edgedb.preprocess import IMAGE_SUFFIXES
+#: The largest side --input-size and --limit-side-len take: an 8192x8192 float32 frame is
+#: already 800 MB, more than an edge device should be asked for by a typing slip.
+MAX_SIDE = 8192
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block above them)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -22,7 +38,188 @@ def _size(text: str) -> tuple[int, int]:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 736x1280, not {text!r}") from None
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be 1..{MAX_SIDE}")
     return height, width
+
+
+def _bounded_int(low: int, high: Optional[int] = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range: at least {low}" + (f", at most {high}" if high is not None else ""))
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _bounded_float(low: float, high: Optional[float] = None, *, open_low: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        too_low = value <= low if open_low else value < low
+        if value != value or too_low or (high is not None and value > high):
+            bounds = f"{'above' if open_low else 'at least'} {low}" + (f", at most {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {bounds}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+_count = _bounded_int(1)
+_side = _bounded_int(1, MAX_SIDE)
+
+
+# ---------------------------------------------------------------------------
+# Shared arguments
+# ---------------------------------------------------------------------------
+
+
+def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "model spec (edgedb.ModelSpec), for exports edgedb cannot read by itself; used before any guess")
+    group.add_argument("--input-name", help="the image input")
+    group.add_argument("--prob-output", help="the probability-map output")
+    group.add_argument("--channel-order", choices=["BGR", "RGB"], help="what the network was trained on")
+    group.add_argument("--mean", type=_bounded_float(-10, 10), nargs=3, help="per-channel mean on the 0..1 scale")
+    group.add_argument("--std", type=_bounded_float(0, open_low=True), nargs=3,
+                       help="per-channel std on the 0..1 scale")
+
+
+def _spec_overrides(args: argparse.Namespace) -> dict:
+    return {key: value for key, value in (
+        ("input_name", getattr(args, "input_name", None)), ("prob_output", getattr(args, "prob_output", None)),
+        ("channel_order", getattr(args, "channel_order", None)),
+        ("mean", tuple(args.mean) if getattr(args, "mean", None) else None),
+        ("std", tuple(args.std) if getattr(args, "std", None) else None),
+    ) if value is not None}
+
+
+def _read_onnx(path: Path):
+    """An ONNX file's graph (weights left on disk), or a one-line ModelError."""
+    import onnx
+
+    from edgedb.errors import ModelError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path} is not an ONNX model onnx can read ({type(error).__name__}: {error})") from None
+    if not proto.graph.node:  # an empty or foreign file can parse as an empty ModelProto
+        raise ModelError(f"{path} is not an ONNX model with a graph (no nodes parsed from it)")
+    return proto
+
+
+def _model_spec(args: argparse.Namespace, model: str, *, required: bool = True):
+    """The spec the spec flags give ``model``, or None without flags (edgedb then reads or
+    guesses it). The flags start from what edgedb knows of the model (a zoo entry, or the
+    names given); a guess fills only what they leave out."""
+    from edgedb.models import is_engine_file, resolve_model, zoo_spec
+    from edgedb.spec import ModelSpec, guess_spec, spec_from_metadata
+
+    overrides = _spec_overrides(args)
+    if not overrides:
+        return None
+    if is_engine_file(model):
+        raise EdgeDBError(f"{model} is an engine: it carries its own spec, so leave out the spec flags")
+    proto = _read_onnx(resolve_model(model))
+    stored = spec_from_metadata(proto)
+    if stored is not None and stored.fused_preprocessing:
+        if not required:
+            return None
+        raise EdgeDBError(f"{model} was written by edgedb and carries its own spec; leave out the spec flags "
+                          "(they describe exports)")
+    base = stored or zoo_spec(model)
+    if base is None and {"input_name", "prob_output"} <= overrides.keys():
+        base = ModelSpec(extra_outputs=tuple(o.name for o in proto.graph.output if o.name != overrides["prob_output"]))
+    if base is None:
+        base = guess_spec(proto)
+    return base.with_(**overrides)
+
+
+def _check_output(path, what: str, inputs: Sequence = ()) -> None:
+    """Fails before any work when ``path`` cannot be written or would replace an input."""
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise EdgeDBError(f"{what} {path} is a folder; give a file name")
+    if not path.resolve().parent.is_dir():
+        raise EdgeDBError(f"{what} {path}: the folder {path.parent} does not exist")
+    for item in inputs:
+        if item is not None and Path(item).exists() and Path(item).resolve() == path.resolve():
+            raise EdgeDBError(f"{what} {path} is also an input; write somewhere else")
+
+
+def _write_text(path, text: str) -> None:
+    if str(path) == "-":
+        print(text)
+    else:
+        Path(path).write_text(text)
+
+
+class _Skipped:
+    """The images a batch command could not read: each said on stderr as it happens, all
+    counted in the summary and the JSON; with ``strict`` the first one ends the run."""
+
+    def __init__(self, command: str, strict: bool):
+        self.command, self.strict, self.items = command, strict, []
+
+    def add(self, name, error: Exception) -> None:
+        if self.strict:
+            reason = str(error) if str(name) in str(error) else f"{name}: {error}"
+            raise EdgeDBError(f"{reason} (--strict; leave it out to skip such images)")
+        reason = str(error)
+        said = reason if str(name) in reason else f"{name}: {reason}"
+        print(f"edgedb {self.command}: skipped {said}", file=sys.stderr)
+        self.items.append({"file": str(name), "reason": reason})
+
+    def summary(self) -> str:
+        return f", {len(self.items)} skipped (unreadable)" if self.items else ""
+
+    def check_some_left(self, kept: int, what: str = "images") -> None:
+        if kept == 0 and self.items:
+            raise EdgeDBError(f"none of the {len(self.items)} {what} could be read")
+
+
+def _readable(paths: Sequence[Path], skipped: _Skipped) -> list[Path]:
+    """The paths whose images decode (each decoded once and dropped: for sets read later)."""
+    from edgedb.preprocess import as_bgr_image
+
+    good = []
+    for path in paths:
+        try:
+            as_bgr_image(path)
+        except InvalidInputError as error:
+            skipped.add(path, error)
+        else:
+            good.append(path)
+    return good
+
+
+def _calibration_set(calib, skipped: _Skipped):
+    """``calib`` as given when every image reads, else the list of those that do."""
+    if calib is None:
+        return None
+    from edgedb.precision.calibration import calibration_images
+
+    paths = calibration_images(calib)
+    good = _readable(paths, skipped)
+    skipped.check_some_left(len(good), "calibration images")
+    return calib if len(good) == len(paths) else good
+
+
+def _add_strict_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first unreadable image (exit 2) instead of skipping it")
 
 
 def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,46 +233,56 @@ def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="ppocrv4-det", help="zoo name or DBNet ONNX path (default ppocrv4-det)")
     group.add_argument("--backend", default="auto", choices=["auto", "cpu", "onnxruntime", "tensorrt"],
                        help="where to run the model (default auto)")
-    group.add_argument("--limit-side-len", type=int, default=DEFAULT_LIMIT_SIDE_LEN,
+    group.add_argument("--limit-side-len", type=_side, default=DEFAULT_LIMIT_SIDE_LEN,
                        help=f"side limit of the resize (default {DEFAULT_LIMIT_SIDE_LEN})")
     group.add_argument("--limit-type", choices=["min", "max"], default=DEFAULT_LIMIT_TYPE,
                        help=f"max: longer side at most the limit; min: shorter side at least (default {DEFAULT_LIMIT_TYPE})")
     group.add_argument("--input-size", type=_size, metavar="HxW",
                        help="letterbox every image into this fixed input size (multiples of 32)")
-    group.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    group.add_argument("--threads", type=_count, help="CPU threads (default: all cores)")
     group.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
                        help="convert the ONNX model to this precision first (default: its own); "
                             "int8 and best need --calib")
     group.add_argument("--calib", help="calibration images for int8/best: a folder or a list file")
     _add_engine_shape_arguments(group)
+    defaults = DEFAULT_BOXES
     boxes = parser.add_argument_group("box formation (edgedb.boxes_from_prob)")
-    boxes.add_argument("--thresh", type=float, default=DEFAULT_BOXES["thresh"], help="binarization threshold")
-    boxes.add_argument("--box-thresh", type=float, default=DEFAULT_BOXES["box_thresh"], help="minimum box score")
-    boxes.add_argument("--unclip-ratio", type=float, default=DEFAULT_BOXES["unclip_ratio"],
-                       help="r' of the offset D' = A'r'/L'")
-    boxes.add_argument("--max-candidates", type=int, default=DEFAULT_BOXES["max_candidates"],
-                       help="regions considered at most")
-    boxes.add_argument("--min-size", type=float, default=DEFAULT_BOXES["min_size"], help="minimum short side of a region")
-    boxes.add_argument("--score-mode", choices=["fast", "slow"], default=DEFAULT_BOXES["score_mode"],
-                       help="mean inside the box (fast) or the region's contour (slow)")
-    boxes.add_argument("--box-type", choices=["quad", "poly"], default=DEFAULT_BOXES["box_type"],
-                       help="rectangles or polygons")
-    boxes.add_argument("--use-dilation", action="store_true", help="dilate the binary map by 2x2 first")
+    boxes.add_argument("--thresh", type=_bounded_float(0, 1), default=defaults["thresh"],
+                       help=f"binarization threshold (default {defaults['thresh']})")
+    boxes.add_argument("--box-thresh", type=_bounded_float(0, 1), default=defaults["box_thresh"],
+                       help=f"minimum box score (default {defaults['box_thresh']})")
+    boxes.add_argument("--unclip-ratio", type=_bounded_float(0, 100), default=defaults["unclip_ratio"],
+                       help=f"r' of the offset D' = A'r'/L' (default {defaults['unclip_ratio']})")
+    boxes.add_argument("--max-candidates", type=_bounded_int(1, 1_000_000), default=defaults["max_candidates"],
+                       help=f"regions considered at most (default {defaults['max_candidates']})")
+    boxes.add_argument("--min-size", type=_bounded_float(0, MAX_SIDE), default=defaults["min_size"],
+                       help=f"minimum short side of a region (default {defaults['min_size']})")
+    boxes.add_argument("--score-mode", choices=["fast", "slow"], default=defaults["score_mode"],
+                       help=f"mean inside the box (fast) or the region's contour (slow) (default {defaults['score_mode']})")
+    boxes.add_argument("--box-type", choices=["quad", "poly"], default=defaults["box_type"],
+                       help=f"rectangles or polygons (default {defaults['box_type']})")
+    boxes.add_argument("--use-dilation", action="store_true", help="dilate the binary map by 2x2 first (default off)")
+    _add_spec_arguments(parser)
 
 
 def _add_engine_shape_arguments(group) -> None:
     group.add_argument("--image-size", type=_size, action="append", dest="image_sizes", metavar="HxW",
                        help="TensorRT, limit mode: an image size the engine must take (repeat; the most common "
                             "first: it is the profile's opt). Default: HD/Full HD video both ways, VGA, 1080x1440")
-    group.add_argument("--max-batch", type=int, default=1, help="TensorRT: the largest batch (default 1)")
-    group.add_argument("--device", type=int, default=0, help="TensorRT: CUDA device index (default 0)")
+    group.add_argument("--max-batch", type=_bounded_int(1, 1024), default=1, help="TensorRT: the largest batch (default 1)")
+    group.add_argument("--device", type=_bounded_int(0), default=0, help="TensorRT: CUDA device index (default 0)")
 
 
-def _detector(args: argparse.Namespace):
+def _detector(args: argparse.Namespace, skipped: _Skipped):
     from edgedb.detector import EdgeDetector
+    from edgedb.models import is_engine_file, resolve_model
+
+    if not is_engine_file(args.model):
+        _read_onnx(resolve_model(args.model))  # a damaged file is said as such, not as an odd graph
 
     return EdgeDetector(
-        args.model, args.backend, precision=args.precision, calib=args.calib, image_sizes=args.image_sizes,
+        args.model, args.backend, spec=_model_spec(args, args.model), precision=args.precision,
+        calib=_calibration_set(args.calib, skipped), image_sizes=args.image_sizes,
         max_batch=args.max_batch, device=args.device, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
         input_size=args.input_size, threads=args.threads, thresh=args.thresh, box_thresh=args.box_thresh,
         unclip_ratio=args.unclip_ratio, max_candidates=args.max_candidates, min_size=args.min_size,
@@ -87,7 +294,7 @@ def _image_paths(inputs: Sequence[Path]) -> list[Path]:
     paths: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 raise EdgeDBError(f"{item} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             paths += found
@@ -96,6 +303,29 @@ def _image_paths(inputs: Sequence[Path]) -> list[Path]:
         else:
             raise EdgeDBError(f"{item}: no such file or folder")
     return paths
+
+
+def _drawing_names(names: Sequence[str], folder: Path, inputs: Sequence[Path]) -> list[Path]:
+    """Where each image's drawing goes: ``a.jpg`` -> ``a_jpg.png`` (so ``a.jpg`` and ``a.png``
+    do not meet), with ``-2``, ``-3`` ... added when two names still meet (same file name in
+    two folders) or a name is one of the input images: a drawing never replaces an input."""
+    taken = {path.resolve() for path in inputs}
+    targets = []
+    for name in names:
+        path = Path(name)
+        stem = f"{path.stem}_{path.suffix[1:].lower()}" if path.suffix else path.stem
+        target, n = folder / f"{stem}.png", 1
+        while target.resolve() in taken:
+            n += 1
+            target = folder / f"{stem}-{n}.png"
+        taken.add(target.resolve())
+        targets.append(target)
+    return targets
+
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -109,15 +339,26 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     if args.sample or not args.images:
         from edgedb.synthetic import make_text_image
 
-        sources.append(("sample.png", make_text_image(0, size=(720, 1280)).image))
-    sources += [(str(path), path) for path in _image_paths(args.images)]
+        sources.append(("sample", make_text_image(0, size=(720, 1280)).image))
+    paths = _image_paths(args.images)
+    sources += [(str(path), path) for path in paths]
+    _check_output(args.json, "--json", paths)
     if args.draw:
+        if args.draw.exists() and not args.draw.is_dir():
+            raise EdgeDBError(f"--draw {args.draw} is a file; give a folder")
         args.draw.mkdir(parents=True, exist_ok=True)
+        drawings = _drawing_names([name for name, _ in sources], args.draw, paths)
+    skipped = _Skipped("detect", args.strict)
     report = []
-    with _detector(args) as detector:
-        for name, source in tqdm(sources, desc="detect", unit="image", disable=len(sources) < 3, file=sys.stderr):
-            image = as_bgr_image(source)
-            boxes = detector.detect(image)
+    with _detector(args, skipped) as detector:
+        for index, (name, source) in enumerate(
+                tqdm(sources, desc="detect", unit="image", disable=len(sources) < 3, file=sys.stderr)):
+            try:
+                image = as_bgr_image(source)
+                boxes = detector.detect(image)
+            except InvalidInputError as error:
+                skipped.add(name, error)
+                continue
             report.append({"image": name, "height": image.shape[0], "width": image.shape[1],
                            "boxes": [box.to_dict() for box in boxes]})
             if not args.json:
@@ -125,16 +366,17 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                 for box in boxes:
                     print(f"  {box.score:.3f}  " + " ".join(f"{x:.0f},{y:.0f}" for x, y in box.points))
             if args.draw:
-                out = args.draw / (Path(name).stem + ".png")
-                cv2.imwrite(str(out), draw_boxes(image, boxes))
-                print(f"  drawn: {out}")
+                out = drawings[index]
+                if not cv2.imwrite(str(out), draw_boxes(image, boxes)):
+                    raise EdgeDBError(f"cannot write the drawing {out}")
+                print(f"  drawn: {out}", file=sys.stderr if str(args.json) == "-" else sys.stdout)
     if args.json:
-        text = json.dumps(report, indent=1)
-        if str(args.json) == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text)
-            print(f"wrote {args.json} ({len(report)} images)")
+        _write_text(args.json, json.dumps({"images": report, "skipped": skipped.items}, indent=1))
+        if str(args.json) != "-":
+            print(f"wrote {args.json} ({len(report)} images{skipped.summary()})")
+    elif skipped.items:
+        print(f"{len(report)} images{skipped.summary()}")
+    skipped.check_some_left(len(report))
     return 0
 
 
@@ -143,66 +385,83 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from edgedb.evaluation import EvalResult, IcdarDataset, evaluate_image
 
+    _check_output(args.json, "--json")
     dataset = IcdarDataset(args.images, args.gt)
+    skipped = _Skipped("eval", args.strict)
     results = []
-    with _detector(args) as detector:
+    with _detector(args, skipped) as detector:
         for name, image_path, ground_truth in tqdm(dataset, desc="eval", unit="image", file=sys.stderr):
-            results.append(evaluate_image(detector.detect(image_path), ground_truth, name))
+            try:
+                boxes = detector.detect(image_path)
+            except InvalidInputError as error:
+                skipped.add(image_path, error)
+                continue
+            results.append(evaluate_image(boxes, ground_truth, name))
+    skipped.check_some_left(len(results))
     summary = EvalResult.from_images(results)
-    print(f"{len(results)} images: precision {summary.precision:.4f}  recall {summary.recall:.4f}  "
-          f"hmean {summary.hmean:.4f}  ({summary.matched} matched, {summary.gt_care} ground truth, "
-          f"{summary.det_care} detections)")
+    print(f"{len(results)} images{skipped.summary()}: precision {summary.precision:.4f}  "
+          f"recall {summary.recall:.4f}  hmean {summary.hmean:.4f}  ({summary.matched} matched, "
+          f"{summary.gt_care} ground truth, {summary.det_care} detections)")
     if args.json:
-        Path(args.json).write_text(json.dumps(summary.to_dict(), indent=1))
-        print(f"wrote {args.json}")
+        _write_text(args.json, json.dumps({**summary.to_dict(), "skipped": skipped.items}, indent=1))
+        if str(args.json) != "-":
+            print(f"wrote {args.json}")
     return 0
 
 
 def _cmd_rewrite(args: argparse.Namespace) -> int:
-    import onnx
-
     from edgedb.graph import rewrite_file
     from edgedb.models import resolve_model, zoo_spec
     from edgedb.spec import guess_spec, spec_from_metadata
 
     source = resolve_model(args.input)
-    proto = onnx.load(str(source), load_external_data=False)
-    spec = spec_from_metadata(proto) or zoo_spec(args.input) or guess_spec(proto)
-    overrides = {key: value for key, value in (
-        ("input_name", args.input_name), ("prob_output", args.prob_output), ("channel_order", args.channel_order),
-        ("mean", tuple(args.mean) if args.mean else None), ("std", tuple(args.std) if args.std else None),
-    ) if value is not None}
-    spec = spec.with_(**overrides)
+    _check_output(args.output, "output", [source])
+    model = _read_onnx_full(source)
+    spec = _model_spec(args, args.input) or spec_from_metadata(model) or zoo_spec(args.input) or guess_spec(model)
     new_spec = rewrite_file(
-        source, args.output, spec, opset=args.opset, fold=not args.no_fold, prune=not args.no_prune,
+        model, args.output, spec, opset=args.opset, fold=not args.no_fold, prune=not args.no_prune,
         simplify=not args.no_simplify, fuse_preprocessing=not args.no_fuse_preprocessing, dynamic=not args.no_dynamic,
     )
     print(f"wrote {args.output}: input {new_spec.input_name!r}, output {new_spec.prob_output!r}")
     return 0
 
 
+def _read_onnx_full(path: Path):
+    """An ONNX file with its weights, or a one-line ModelError."""
+    from edgedb.graph.rewrite import load_model
+
+    return load_model(path)
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import onnx
 
     from edgedb.detector import load_deployable
-    from edgedb.precision.calibration import calibration_images, collect_stats
+    from edgedb.models import resolve_model
     from edgedb.spec import spec_from_metadata
 
-    model, _ = load_deployable(args.model)
+    if args.precision != "fp16" and not args.calib:
+        raise EdgeDBError(f"{args.precision} needs a calibration set: --calib DIR (a folder of images) or a list file")
+    if args.precision == "best" and (args.target != "tensorrt" or args.full_range_weights):
+        raise EdgeDBError("--precision best is for TensorRT (INT8 convolutions, float16 between them); "
+                          "leave out --target cpu and --full-range-weights")
+    _check_output(args.output, "--output", [resolve_model(args.model)])
+    skipped = _Skipped("quantize", args.strict)
+    images = None
+    if args.precision != "fp16":
+        from edgedb.precision.calibration import calibration_images
+
+        images = _readable(calibration_images(args.calib), skipped)
+        skipped.check_some_left(len(images), "calibration images")
+    model, _ = load_deployable(args.model, _model_spec(args, args.model))
     if args.precision == "fp16":
         from edgedb.precision import to_float16
 
         result = to_float16(model)
     else:
-        from edgedb.precision.calibration import DEFAULT_CACHE
+        from edgedb.precision.calibration import DEFAULT_CACHE, collect_stats
         from edgedb.precision.int8 import quantize_int8, sensitive_layers
 
-        if not args.calib:
-            raise EdgeDBError(f"{args.precision} needs a calibration set: --calib DIR (a folder of images) or a list file")
-        if args.precision == "best" and (args.target != "tensorrt" or args.full_range_weights):
-            raise EdgeDBError("--precision best is for TensorRT (INT8 convolutions, float16 between them); "
-                              "leave out --target cpu and --full-range-weights")
-        images = calibration_images(args.calib)
         stats = collect_stats(model, images, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
                               input_size=args.input_size, cache_dir=args.cache or DEFAULT_CACHE)
         exclude = list(args.exclude)
@@ -221,30 +480,79 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude,
                                    full_range_weights=args.full_range_weights)
     onnx.save(result, str(args.output))
-    print(f"wrote {args.output} ({args.precision}{'' if args.precision == 'fp16' else ', ' + args.target + ', ' + args.method}); "
-          f"spec: {spec_from_metadata(result).input_name!r} -> 'prob'")
+    print(f"wrote {args.output} ({args.precision}{'' if args.precision == 'fp16' else ', ' + args.target + ', ' + args.method}"
+          f"{skipped.summary()}); spec: {spec_from_metadata(result).input_name!r} -> 'prob'")
     return 0
+
+
+def _deployable_models(args: argparse.Namespace, models: Sequence[str], scratch: Path) -> list:
+    """Each model checked to exist and load (before any run); with spec flags, the exports
+    among them rewritten with that spec into ``scratch`` (edgedb-written models carry their own)."""
+    import onnx
+
+    from edgedb.detector import load_deployable
+    from edgedb.models import is_engine_file, resolve_model
+
+    resolved = []
+    for index, model in enumerate(models):
+        path = resolve_model(model)
+        if is_engine_file(model):
+            resolved.append(model)
+            continue
+        _read_onnx(path)
+        spec = _model_spec(args, model, required=False)
+        if spec is None:
+            resolved.append(model)
+            continue
+        rewritten, _ = load_deployable(model, spec)
+        target = scratch / f"{index}-{path.stem}.onnx"
+        onnx.save(rewritten, str(target))
+        resolved.append(str(target))
+    return resolved
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from edgedb.evaluation import IcdarDataset
     from edgedb.precision.compare import compare_precisions, format_reports
+    from edgedb.preprocess import as_bgr_image
 
-    dataset = IcdarDataset(args.images, args.gt)
-    samples = [(name, path, truth) for name, path, truth in dataset]
-    models = {Path(m).stem if Path(m).suffix == ".onnx" else m: m for m in [args.reference, *args.models]}
-    reports = compare_precisions(models, samples, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
-                                 input_size=args.input_size)
+    _check_output(args.json, "--json")
+    names = [args.reference, *args.models]
+    with tempfile.TemporaryDirectory(prefix="edgedb-compare-") as scratch:
+        paths = _deployable_models(args, names, Path(scratch))
+        dataset = IcdarDataset(args.images, args.gt)
+        skipped = _Skipped("compare", args.strict)
+        samples = []
+        for name, path, truth in dataset:
+            try:
+                samples.append((name, as_bgr_image(path), truth))
+            except InvalidInputError as error:
+                skipped.add(path, error)
+        skipped.check_some_left(len(samples))
+        models = {}
+        for name, path in zip(names, paths):
+            label = Path(name).stem if Path(name).suffix == ".onnx" else name
+            while label in models:
+                label += "'"
+            models[label] = path
+        reports = compare_precisions(models, samples, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
+                                     input_size=args.input_size)
     print(format_reports(reports))
+    if skipped.items:
+        print(f"{len(samples)} images{skipped.summary()}")
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1))
-        print(f"wrote {args.json}")
+        _write_text(args.json, json.dumps({"models": [r.to_dict() for r in reports], "skipped": skipped.items},
+                                          indent=1))
+        if str(args.json) != "-":
+            print(f"wrote {args.json}")
     return 0
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from edgedb.backends.tensorrt import import_pycuda_driver, import_tensorrt
     from edgedb.engine import BuildOptions, build_from_model
     from edgedb.engine.profiles import explicit_profile, parse_shape
+    from edgedb.models import resolve_model
 
     shapes = (args.min_shape, args.opt_shape, args.max_shape)
     profile = None
@@ -255,18 +563,48 @@ def _cmd_build(args: argparse.Namespace) -> int:
             raise EdgeDBError("--min-shape and --max-shape go together (--opt-shape is optional)")
         profile = explicit_profile(parse_shape(args.min_shape), parse_shape(args.opt_shape) if args.opt_shape else None,
                                    parse_shape(args.max_shape))
+    source = resolve_model(args.model)
+    _check_output(args.output, "--output", [source])
+    if args.timing_cache is not None:
+        _check_output(args.timing_cache, "--timing-cache", [source])
+    spec = _model_spec(args, args.model)
+    import_tensorrt()  # a missing extra is said before any CPU work
+    import_pycuda_driver()
+    skipped = _Skipped("build", args.strict)
+    calib = _calibration_set(args.calib, skipped)
     options = BuildOptions(workspace_mib=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
                            gpu_fallback=args.gpu_fallback, builder_optimization_level=args.builder_optimization_level)
     sidecar = build_from_model(
-        args.model, args.output, precision=args.precision, calib=args.calib, method=args.method,
+        args.model, args.output, precision=args.precision, calib=calib, method=args.method,
         input_size=args.input_size, image_sizes=args.image_sizes, limit_side_len=args.limit_side_len,
-        limit_type=args.limit_type, max_batch=args.max_batch, profile=profile, options=options, device=args.device,
-        verbose=args.verbose,
+        limit_type=args.limit_type, max_batch=args.max_batch, profile=profile, options=options, spec=spec,
+        device=args.device, verbose=args.verbose,
     )
     profile = sidecar.profiles[0]
     print(f"{args.output}: {sidecar.precision}, {sidecar.device.describe()}, profile {profile.describe()} "
-          f"(NxHxW, {profile.layout} uint8 frames)")
+          f"(NxHxW, {profile.layout} uint8 frames){skipped.summary()}")
     return 0
+
+
+def _bench_frames(folder: Path, skipped: _Skipped, limit: int = 64) -> list:
+    """Up to ``limit`` decoded images of a folder, the unreadable ones skipped."""
+    from edgedb.preprocess import as_bgr_image
+
+    if not folder.is_dir():
+        raise EdgeDBError(f"--images {folder}: no such folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise EdgeDBError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    frames = []
+    for path in paths:
+        if len(frames) == limit:
+            break
+        try:
+            frames.append(as_bgr_image(path))
+        except InvalidInputError as error:
+            skipped.add(path, error)
+    skipped.check_some_left(len(frames))
+    return frames
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -283,31 +621,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         input_size = (height, width)
     for path, what in ((args.json, "--json"), (args.export_times, "--export-times"),
                        (args.export_profile, "--export-profile"), (args.plot, "--plot")):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise EdgeDBError(f"{what}: the folder of {path} does not exist")
+        _check_output(path, what)
     if args.plot:
         from edgedb.bench.plot import _pyplot
 
         _pyplot()  # a missing matplotlib is reported before the run, not after it
+    skipped = _Skipped("bench", args.strict)
     options = {key: value for key, value in (("limit_side_len", args.limit_side_len), ("limit_type", args.limit_type),
-                                             ("precision", args.precision), ("calib", args.calib)) if value is not None}
-    common = dict(backend=args.backend, input_size=input_size, batch=batch, warm_up_ms=args.warm_up,
-                  duration_s=args.duration, iterations=args.iterations, streams=args.streams, images=args.images,
-                  infer_only=args.infer_only, threads=args.threads, detector_options=options,
-                  progress=sys.stderr.isatty(), stop=threading.Event())
-    try:
-        if len(args.models) == 1:
-            model, _, backend = args.models[0].partition("@")
-            results = [run_benchmark(model, **{**common, "backend": backend or args.backend},
-                                     export_profile=bool(args.export_profile))]
-        else:
-            results = run_comparison(args.models, rounds=args.rounds, **common)
-    except KeyboardInterrupt:  # while detectors were being made: nothing measured yet
-        print("edgedb bench: interrupted before any query was measured", file=sys.stderr)
-        return 130
+                                             ("precision", args.precision),
+                                             ("calib", _calibration_set(args.calib, skipped))) if value is not None}
+    images = _bench_frames(args.images, skipped) if args.images else None
+    with tempfile.TemporaryDirectory(prefix="edgedb-bench-") as scratch:
+        models = [model.partition("@") for model in args.models]
+        paths = _deployable_models(args, [model for model, _, _ in models], Path(scratch))
+        models = [f"{path}@{backend}" if backend else path for path, (_, _, backend) in zip(paths, models)]
+        common = dict(backend=args.backend, input_size=input_size, batch=batch, warm_up_ms=args.warm_up,
+                      duration_s=args.duration, iterations=args.iterations, streams=args.streams, images=images,
+                      infer_only=args.infer_only, threads=args.threads, detector_options=options,
+                      progress=sys.stderr.isatty(), stop=threading.Event())
+        try:
+            if len(models) == 1:
+                model, _, backend = models[0].partition("@")
+                results = [run_benchmark(model, **{**common, "backend": backend or args.backend},
+                                         export_profile=bool(args.export_profile))]
+            else:
+                results = run_comparison(models, rounds=args.rounds, **common)
+        except KeyboardInterrupt:  # while detectors were being made: nothing measured yet
+            print("edgedb bench: interrupted before any query was measured", file=sys.stderr)
+            return 130
     print(report(results))
+    if skipped.items:
+        print(f"images{skipped.summary()}")
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=1, default=str))
+        figures = [{**r.to_dict(), "skipped": skipped.items} for r in results]
+        _write_text(args.json, json.dumps(figures, indent=1, default=str))
         print(f"wrote {args.json}")
     if args.export_times:
         Path(args.export_times).write_text(json.dumps({r.label: r.times() for r in results}, indent=1))
@@ -326,18 +673,30 @@ def _add_input_size_arguments(parser: argparse.ArgumentParser) -> None:
     from edgedb.detector import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
 
     group = parser.add_argument_group("frames, as the detector prepares them")
-    group.add_argument("--limit-side-len", type=int, default=DEFAULT_LIMIT_SIDE_LEN)
-    group.add_argument("--limit-type", choices=["min", "max"], default=DEFAULT_LIMIT_TYPE)
+    group.add_argument("--limit-side-len", type=_side, default=DEFAULT_LIMIT_SIDE_LEN,
+                       help=f"side limit of the resize (default {DEFAULT_LIMIT_SIDE_LEN})")
+    group.add_argument("--limit-type", choices=["min", "max"], default=DEFAULT_LIMIT_TYPE,
+                       help=f"max: longer side at most the limit; min: shorter side at least (default {DEFAULT_LIMIT_TYPE})")
     group.add_argument("--input-size", type=_size, metavar="HxW", help="fixed (letterboxed) input size")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgedb",
         description="DBNet text detection for edge devices: TensorRT on GPUs, ONNX Runtime on CPUs.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and decisions")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # -v after the command too (edgedb detect -v); SUPPRESS keeps the one given before it.
+    verbose = _Parser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log progress and decisions")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    add_parser = commands.add_parser
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[verbose], **kwargs)
+
+    commands.add_parser = command  # type: ignore[method-assign]
 
     detect = commands.add_parser("detect", help="detect text in images",
                                  description="Runs EdgeDetector on images or folders of images. "
@@ -345,7 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("images", nargs="*", type=Path, help="image files or folders (default: a generated sample)")
     detect.add_argument("--sample", action="store_true", help="also run on a generated sample image")
     detect.add_argument("--json", metavar="FILE", help="write the boxes as JSON (- for stdout)")
-    detect.add_argument("--draw", type=Path, metavar="DIR", help="write each image with its boxes drawn into DIR")
+    detect.add_argument("--draw", type=Path, metavar="DIR",
+                        help="write each image with its boxes drawn into DIR as NAME_EXT.png (a.jpg -> a_jpg.png); "
+                             "never over an input image")
+    _add_strict_argument(detect)
     _add_detector_arguments(detect)
     detect.set_defaults(run=_cmd_detect)
 
@@ -354,7 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(gt_img_N.txt per img_N.jpg; IoU > 0.5, one-to-one, ### regions don't care).")
     evaluate.add_argument("--images", type=Path, required=True, help="folder of images")
     evaluate.add_argument("--gt", type=Path, help="folder of gt_*.txt files (default: ../gt or ./gt)")
-    evaluate.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    evaluate.add_argument("--json", metavar="FILE", help="write the figures as JSON (- for stdout)")
+    _add_strict_argument(evaluate)
     _add_detector_arguments(evaluate)
     evaluate.set_defaults(run=_cmd_eval)
 
@@ -364,19 +727,14 @@ def build_parser() -> argparse.ArgumentParser:
                                   "'prob' and makes batch, height and width dynamic (edgedb.graph.rewrite_file).")
     rewrite.add_argument("input", help="zoo name or ONNX path")
     rewrite.add_argument("output", type=Path, help="where to write the rewritten ONNX")
-    rewrite.add_argument("--opset", type=int, default=17, help="target opset (default 17)")
+    rewrite.add_argument("--opset", type=_bounded_int(11, 21), default=17, help="target opset (default 17)")
     rewrite.add_argument("--no-fold", action="store_true", help="skip constant folding")
     rewrite.add_argument("--no-prune", action="store_true", help="keep threshold/binary-map outputs")
     rewrite.add_argument("--no-simplify", action="store_true",
                          help="keep affine layers and the HardSwish decomposition as exported")
     rewrite.add_argument("--no-fuse-preprocessing", action="store_true", help="keep the float NCHW input")
     rewrite.add_argument("--no-dynamic", action="store_true", help="keep the input and output shapes as they are")
-    spec = rewrite.add_argument_group("model spec (edgedb.ModelSpec), for exports without one")
-    spec.add_argument("--input-name", help="the image input")
-    spec.add_argument("--prob-output", help="the probability-map output")
-    spec.add_argument("--channel-order", choices=["BGR", "RGB"], help="what the network was trained on")
-    spec.add_argument("--mean", type=float, nargs=3, help="per-channel mean on the 0..1 scale")
-    spec.add_argument("--std", type=float, nargs=3, help="per-channel std on the 0..1 scale")
+    _add_spec_arguments(rewrite)
     rewrite.set_defaults(run=_cmd_rewrite)
 
     quantize = commands.add_parser(
@@ -397,15 +755,17 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--method", choices=["max", "percentile", "entropy", "mse"], default="percentile",
                           help="how activation ranges are chosen (default percentile)")
     quantize.add_argument("--exclude", nargs="*", default=[], metavar="NODE", help="Conv nodes to keep in float")
-    quantize.add_argument("--auto-exclude", type=int, default=0, metavar="K",
+    quantize.add_argument("--auto-exclude", type=_bounded_int(0), default=0, metavar="K",
                           help="also keep the K convolutions most hurt by INT8 in float (sensitivity search)")
-    quantize.add_argument("--sensitivity-images", type=int, default=4, help="images the search uses (default 4)")
+    quantize.add_argument("--sensitivity-images", type=_count, default=4, help="images the search uses (default 4)")
     quantize.add_argument("--full-range-weights", action="store_true",
                           help="--target cpu: 8-bit instead of 7-bit weights, for CPUs with VNNI or ARM dot products "
                                "(x86 without VNNI saturates them)")
     quantize.add_argument("--cache", type=Path, default=None,
                           help="calibration statistics cache folder (default calibration/cache)")
     _add_input_size_arguments(quantize)
+    _add_spec_arguments(quantize)
+    _add_strict_argument(quantize)
     quantize.set_defaults(run=_cmd_quantize)
 
     compare = commands.add_parser(
@@ -416,8 +776,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("models", nargs="+", help="models to compare (ONNX paths)")
     compare.add_argument("--images", type=Path, required=True, help="ICDAR-style folder of images")
     compare.add_argument("--gt", type=Path, help="folder of gt_*.txt files (default: ../gt or ./gt)")
-    compare.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    compare.add_argument("--json", metavar="FILE", help="write the figures as JSON (- for stdout)")
     _add_input_size_arguments(compare)
+    _add_spec_arguments(compare)
+    _add_strict_argument(compare)
     compare.set_defaults(run=_cmd_compare)
 
     build = commands.add_parser(
@@ -436,20 +798,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="INT8 activation ranges (default percentile)")
     shapes = build.add_argument_group("shapes (edgedb.engine.choose_profile)")
     shapes.add_argument("--input-size", type=_size, metavar="HxW", help="static profile: every frame letterboxed into HxW")
-    shapes.add_argument("--limit-side-len", type=int, default=736, help="limit mode side limit (default 736)")
+    shapes.add_argument("--limit-side-len", type=_side, default=736, help="limit mode side limit (default 736)")
     shapes.add_argument("--limit-type", choices=["min", "max"], default="min", help="limit mode type (default min)")
     _add_engine_shape_arguments(shapes)
     shapes.add_argument("--min-shape", metavar="NxHxW", help="explicit profile instead (as trtexec --minShapes)")
     shapes.add_argument("--opt-shape", metavar="NxHxW", help="(default: min batch, max height and width)")
     shapes.add_argument("--max-shape", metavar="NxHxW")
     trt_options = build.add_argument_group("TensorRT (edgedb.engine.BuildOptions)")
-    trt_options.add_argument("--workspace", type=int, metavar="MiB", help="workspace pool limit (trtexec --memPoolSize)")
+    trt_options.add_argument("--workspace", type=_count, metavar="MiB", help="workspace pool limit (trtexec --memPoolSize)")
     trt_options.add_argument("--timing-cache", type=Path, metavar="FILE",
                              help="read and write kernel timings here (default: one per GPU and TensorRT version "
                                   "beside the engine)")
-    trt_options.add_argument("--dla-core", type=int, metavar="N", help="build for DLA core N (static shapes, fp16/int8)")
+    trt_options.add_argument("--dla-core", type=_bounded_int(0), metavar="N", help="build for DLA core N (static shapes, fp16/int8)")
     trt_options.add_argument("--gpu-fallback", action="store_true", help="with --dla-core: unsupported layers on the GPU")
-    trt_options.add_argument("--builder-optimization-level", type=int, metavar="L", help="0..5 (TensorRT default 3)")
+    trt_options.add_argument("--builder-optimization-level", type=_bounded_int(0, 5), metavar="L", help="0..5 (TensorRT default 3)")
+    _add_spec_arguments(build)
+    _add_strict_argument(build)
     build.set_defaults(run=_cmd_build)
 
     bench = commands.add_parser(
@@ -468,18 +832,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--input-size", type=_size, metavar="HxW", help="letterbox every frame into HxW "
                        "(default: the detector's limit mode, aspect kept)")
     bench.add_argument("--shapes", metavar="NxHxW", help="batch and input size at once, as trtexec --shapes")
-    bench.add_argument("--batch", type=int, default=1, help="frames per query (default 1; needs a fixed input size)")
-    bench.add_argument("--warm-up", type=float, default=200.0, metavar="MS", help="warm-up in ms, dropped (default 200)")
-    bench.add_argument("--duration", type=float, default=3.0, metavar="S", help="run at least S seconds (default 3)")
-    bench.add_argument("--iterations", type=int, default=10, metavar="N", help="and at least N queries (default 10)")
-    bench.add_argument("--streams", type=int, default=1, metavar="K",
+    bench.add_argument("--batch", type=_bounded_int(1, 1024), default=1, help="frames per query (default 1; needs a fixed input size)")
+    bench.add_argument("--warm-up", type=_bounded_float(0), default=200.0, metavar="MS", help="warm-up in ms, dropped (default 200)")
+    bench.add_argument("--duration", type=_bounded_float(0), default=3.0, metavar="S", help="run at least S seconds (default 3)")
+    bench.add_argument("--iterations", type=_bounded_int(0), default=10, metavar="N", help="and at least N queries (default 10)")
+    bench.add_argument("--streams", type=_bounded_int(1, 256), default=1, metavar="K",
                        help="K concurrent workers, each with its own detector (default 1)")
-    bench.add_argument("--rounds", type=int, default=3, help="compare mode: interleaved rounds (default 3)")
+    bench.add_argument("--rounds", type=_count, default=3, help="compare mode: interleaved rounds (default 3)")
     bench.add_argument("--images", type=Path, metavar="DIR",
                        help="real images, decoded before timing (default: generated text scenes)")
     bench.add_argument("--infer-only", action="store_true", help="time the network alone on prepared frames")
-    bench.add_argument("--threads", type=int, help="CPU threads per worker (default: cores / streams)")
-    bench.add_argument("--limit-side-len", type=int, help="detector side limit (default 736)")
+    bench.add_argument("--threads", type=_count, help="CPU threads per worker (default: cores / streams)")
+    bench.add_argument("--limit-side-len", type=_side, help="detector side limit (default 736)")
     bench.add_argument("--limit-type", choices=["min", "max"], help="detector limit type (default min)")
     bench.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"], help="convert ONNX models first")
     bench.add_argument("--calib", help="calibration images for int8/best")
@@ -488,6 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-layer times (ONNX Runtime profiler / TensorRT IProfiler) as JSON, from a separate run")
     bench.add_argument("--plot", metavar="FILE.png", help="latency histogram, latency over time, stages (matplotlib)")
     bench.add_argument("--json", metavar="FILE", help="the figures as JSON")
+    _add_spec_arguments(bench)
+    _add_strict_argument(bench)
     bench.set_defaults(run=_cmd_bench)
 
     train = commands.add_parser(
@@ -502,34 +868,56 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-images", type=Path, help="validation images (default: 20%% of the training images)")
     train.add_argument("--val-gt", type=Path, help="validation ground truth")
     train.add_argument("--base", default="ppocrv4-det", help="zoo name or DBNet ONNX to start from (default ppocrv4-det)")
-    train.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    train.add_argument("--batch-size", type=int, default=4, help="crops per step (default 4)")
-    train.add_argument("--crop", type=int, default=640, help="crop side in pixels (default 640)")
-    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam (default 1e-3)")
+    train.add_argument("--steps", type=_count, default=150, help="optimizer steps (default 150)")
+    train.add_argument("--batch-size", type=_bounded_int(1, 1024), default=4, help="crops per step (default 4)")
+    train.add_argument("--crop", type=_bounded_int(32, MAX_SIDE), default=512, help="crop side in pixels (default 512)")
+    train.add_argument("--lr", type=_bounded_float(0, 10, open_low=True), default=3e-4, help="peak learning rate of Adam (default 3e-4)")
+    train.add_argument("--scale", type=float, nargs=2, default=(0.7, 1.4), metavar=("MIN", "MAX"),
+                       help="random scale range of the crops; 1 is the size the detector runs at (default 0.7 1.4)")
     train.add_argument("--loss", choices=["db", "prob"], default="db",
                        help="db: Ls + Lb + 10 Lt with a threshold head; prob: Ls only (default db)")
-    train.add_argument("--binary-loss", choices=["dice", "bce"], default="dice", help="Lb's form (default dice)")
-    train.add_argument("--threads", type=int, help="CPU threads (default: the free cores)")
+    train.add_argument("--ema", type=_bounded_float(0, 0.9999), default=0.95,
+                       help="decay of the weight average that is validated and written; 0 for the raw weights "
+                       "(default 0.95)")
+    train.add_argument("--binary-loss", choices=["dice", "bce"], default="bce",
+                       help="Lb's form: bce as in the DB paper, or dice (default bce)")
+    train.add_argument("--threads", type=_count, help="CPU threads (default: the free cores)")
     train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when PyTorch sees a GPU")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument("--output", "-o", type=Path, required=True, help="where to write the fine-tuned ONNX")
+    _add_spec_arguments(train)
+    _add_strict_argument(train)
     train.set_defaults(run=_cmd_train)
     return parser
 
 
+def _training_samples(images: Path, gt: Optional[Path], skipped: _Skipped) -> list:
+    """Samples of an ICDAR folder, its unreadable images skipped; a list file as it is."""
+    from edgedb.evaluation import IcdarDataset
+    from edgedb.train.data import icdar_samples, load_samples
+
+    if not images.is_dir():
+        return load_samples(images, gt)
+    paths = [image_path for _, image_path, _ in IcdarDataset(images, gt).items]
+    good = _readable(paths, skipped)
+    skipped.check_some_left(len(good), "training images")
+    return icdar_samples(images, gt, names=[path.name for path in good])
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from edgedb.train import finetune
-    from edgedb.train.data import load_samples
 
-    if not args.output.parent.is_dir():
-        raise EdgeDBError(f"output folder {args.output.parent} does not exist")
-    train = load_samples(args.images, args.gt)
-    val = load_samples(args.val_images, args.val_gt) if args.val_images else None
-    result = finetune(train, val, base=args.base, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
-                      lr=args.lr, loss=args.loss, binary_loss=args.binary_loss, threads=args.threads,
-                      device=args.device, seed=args.seed)
+    _check_output(args.output, "--output", [args.base])
+    spec = _model_spec(args, args.base)
+    skipped = _Skipped("train", args.strict)
+    train = _training_samples(args.images, args.gt, skipped)
+    val = _training_samples(args.val_images, args.val_gt, skipped) if args.val_images else None
+    result = finetune(train, val, base=args.base, spec=spec, steps=args.steps, batch_size=args.batch_size,
+                      crop=args.crop, lr=args.lr, loss=args.loss, binary_loss=args.binary_loss, threads=args.threads,
+                      device=args.device, seed=args.seed, scale=tuple(args.scale), ema=args.ema)
     print(f"validation before: {result.base}")
-    print(f"validation after:  {result.best} (step {result.best_step} of {result.steps}, {result.seconds:.0f} s)")
+    print(f"validation after:  {result.best} (step {result.best_step} of {result.steps}, {result.seconds:.0f} s)"
+          f"{skipped.summary()}")
     result.save(args.output)
     print(f"wrote {args.output}")
     return 0
@@ -537,18 +925,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed on one line
+        return done.code if isinstance(done.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not args.command:
         parser.print_help()
         return 0
     try:
         return args.run(args)
-    except EdgeDBError as error:
-        print(f"edgedb {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. piped into head
         return 0
+    except EdgeDBError as error:
+        message = str(error)
+    except MemoryError:
+        message = "out of memory: try a smaller --input-size / --limit-side-len or fewer images at once"
+    except OSError as error:  # permission denied, disk full, ...
+        where = f": {error.filename}" if error.filename else ""
+        message = f"{error.strerror or error}{where}"
+    print(f"edgedb {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ METADATA_KEY = "edgedb.spec"
 PRECISION_KEY = "edgedb.precision"  # "fp16", "int8-<target>-<method>"; absent for FP32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_NAME_THEM = ("if it is a DBNet, name its image input and probability-map output: "
+              "spec=ModelSpec(input_name=..., prob_output=...), on the command line --input-name and --prob-output")
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ def guess_spec(model, base: Optional[ModelSpec] = None) -> ModelSpec:
     image_inputs = [i for i in inputs if len(i.type.tensor_type.shape.dim) == 4]
     if len(image_inputs) != 1:
         raise ModelError(
-            f"not a DBNet export edgedb can run: expected one 4-D image input, found {[i.name for i in inputs]}"
+            f"not a DBNet export edgedb can run: expected one 4-D image input, found {[i.name for i in inputs]}; "
+            f"{_NAME_THEM}"
         )
     outputs = [o.name for o in graph.output]
     producers = {out: node.op_type for node in graph.node for out in node.output}
@@ -120,7 +123,7 @@ def guess_spec(model, base: Optional[ModelSpec] = None) -> ModelSpec:
     if not candidates:
         raise ModelError(
             f"not a DBNet export edgedb can run: no output looks like a probability map "
-            f"(a Sigmoid output of shape (N, 1, H, W)); outputs: {outputs}. Pass a ModelSpec naming it."
+            f"(a Sigmoid output of shape (N, 1, H, W)); outputs: {outputs}; {_NAME_THEM}"
         )
     prob = candidates[0]
     return base.with_(

@@ -181,7 +181,7 @@ fi
 versions=$("$PY" - <<'EOF'
 from importlib import metadata
 
-for name in ("edgedb", "tensorrt", "pycuda", "onnxruntime", "numpy"):
+for name in ("dbnet-edge", "tensorrt", "pycuda", "onnxruntime", "numpy"):  # dbnet-edge: edgedb's distribution
     try:
         print(f"{name}: {metadata.version(name)}")
     except metadata.PackageNotFoundError:

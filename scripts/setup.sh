@@ -1,26 +1,51 @@
 #!/usr/bin/env bash
-# All set-up on a fresh machine (Debian/Ubuntu, x86-64 or aarch64): the system library
-# the C++ core links, then edgedb itself with its test tools. Safe to run again.
+# All set-up on a fresh machine (Debian/Ubuntu, x86-64 or aarch64): the system packages the
+# C++ core and the project venv need, then edgedb with its test tools. Safe to run again.
+#
+# Where edgedb goes: into the active venv or conda env (VIRTUAL_ENV / CONDA_PREFIX set), else
+# into this checkout's .venv, made with --system-site-packages so that what the system Python
+# already has is reused (a stock Debian 12 / Ubuntu 24.04 Python refuses pip installs
+# outside a venv: PEP 668). scripts/python runs the interpreter chosen here.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if ! dpkg -s libpolyclipping-dev >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then
+in_env=""
+if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then in_env=1; fi
+
+# Clipper 6.4.2 (the library pyclipper wraps), a C++17 compiler, the Python headers the
+# extension compiles against and, for the project venv, the venv module (Debian ships it apart).
+packages=()
+dpkg -s libpolyclipping-dev >/dev/null 2>&1 || packages+=(libpolyclipping-dev)
+command -v g++ >/dev/null 2>&1 || packages+=(g++)
+python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+    || packages+=(python3-dev)
+if [ -z "$in_env" ] && [ ! -x .venv/bin/python ] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+    packages+=(python3-venv)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    echo "setup: apt-get install ${packages[*]}" >&2
     $sudo apt-get update -qq
-    # Clipper 6.4.2 (the library pyclipper wraps) and a C++17 compiler.
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libpolyclipping-dev g++ >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
+
+if [ -z "$in_env" ] && [ ! -x .venv/bin/python ]; then
+    echo "setup: creating the project venv .venv (python3 -m venv --system-site-packages)" >&2
+    python3 -m venv --system-site-packages .venv
+fi
+python=(scripts/python)
+pip=("${python[@]}" -m pip install --quiet --disable-pip-version-check)
 
 # PyTorch for fine-tuning (the train extra), as a CPU build: plain `pip install torch` takes
 # a CUDA build with about 5 GB of NVIDIA libraries. PyTorch's CPU index first; where it is
 # out of reach, the CPU build this package index carries. With a GPU, install a CUDA build
 # of torch yourself before running this (it is kept).
-if ! python3 -c "import torch" >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check --timeout 15 --retries 0 \
-        --index-url https://download.pytorch.org/whl/cpu torch 2>/dev/null \
-    || python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0+cpu" 2>/dev/null \
-    || python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+if ! "${python[@]}" -c "import torch" >/dev/null 2>&1; then
+    "${pip[@]}" --timeout 15 --retries 0 --index-url https://download.pytorch.org/whl/cpu torch 2>/dev/null \
+    || "${pip[@]}" "torch==2.13.0+cpu" 2>/dev/null \
+    || "${pip[@]}" "torch==2.13.0"
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check -e ".[dev,train]"
+"${pip[@]}" -e ".[dev,train]"
+echo "setup: edgedb is installed for $("${python[@]}" -c 'import sys; print(sys.executable)'); run it as scripts/python -m edgedb" >&2

@@ -26,10 +26,12 @@ def test_detect_writes_json_and_drawings(tmp_path, capsys):
     out_json, draw_dir = tmp_path / "boxes.json", tmp_path / "drawn"
     assert main(["detect", str(image_path), "--json", str(out_json), "--draw", str(draw_dir)]) == 0
     report = json.loads(out_json.read_text())
-    assert report[0]["image"] == str(image_path) and len(report[0]["boxes"]) > 0
-    box = report[0]["boxes"][0]
+    assert report["skipped"] == []
+    first = report["images"][0]
+    assert first["image"] == str(image_path) and len(first["boxes"]) > 0
+    box = first["boxes"][0]
     assert len(box["points"]) == 4 and 0 <= box["score"] <= 1
-    drawn = cv2.imread(str(draw_dir / "scene.png"))
+    drawn = cv2.imread(str(draw_dir / "scene_png.png"))
     assert drawn.shape == (480, 640, 3)
 
 

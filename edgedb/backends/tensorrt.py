@@ -36,7 +36,7 @@ from edgedb.errors import EdgeDBError, EngineError, InvalidInputError, MissingDe
 
 log = logging.getLogger(__name__)
 
-EXTRA = ("pip install -e '.[tensorrt]' in an edgedb checkout (TensorRT 10.x or 11.x and pycuda; on a Jetson "
+EXTRA = ("pip install 'dbnet-edge[tensorrt]', or pip install -e '.[tensorrt]' in a checkout (TensorRT 10.x or 11.x and pycuda; on a Jetson "
          "TensorRT comes with JetPack: see the README's Jetson section)")
 SLOTS = 2  # frames in flight in submit(): one computing, one being copied
 

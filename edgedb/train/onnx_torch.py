@@ -48,7 +48,7 @@ try:
     from torch import nn
 except ImportError as error:  # edgedb.train is the only place torch is imported
     raise MissingDependencyError(
-        "edgedb.train needs PyTorch, which is not installed: pip install -e '.[train]' in an edgedb checkout"
+        "edgedb.train needs PyTorch, which is not installed: pip install 'dbnet-edge[train]', or pip install -e '.[train]' in a checkout"
     ) from error
 
 log = logging.getLogger(__name__)
