@@ -282,15 +282,22 @@ class EdgeDetector:
     def stream(self, images: Iterable[ImageLike]) -> Iterator[list[TextBox]]:
         """Detects a stream of frames, yielding their boxes in order. Box formation of
         one frame (C++, GIL released) overlaps inference of the next; on TensorRT the
-        copies of the next frame also overlap the compute of the current one."""
+        copies of the next frame also overlap the compute of the current one. A frame
+        that cannot be read or run ends the stream with its error, after the boxes of
+        every frame before it."""
         if getattr(self._backend, "pipelined", False):
             yield from self._stream_pipelined(images)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgedb-boxes") as pool:
             pending = None
             for image in images:
-                prepared = self._prepare(image)
-                prob = self._infer([prepared.frame])[0]
+                try:
+                    prepared = self._prepare(image)
+                    prob = self._infer([prepared.frame])[0]
+                except Exception:
+                    if pending is not None:  # the frames before a bad one keep their boxes
+                        yield pending.result()
+                    raise
                 future = pool.submit(self._form, prob, prepared)
                 if pending is not None:
                     yield pending.result()
@@ -309,8 +316,18 @@ class EdgeDetector:
             for image in images:
                 if self._backend.closed:
                     raise EdgeDBError("this EdgeDetector is closed")
-                prepared = self._prepare(image)
-                in_flight.append((self._backend.submit({self.spec.input_name: prepared.frame[None]}), prepared))
+                try:
+                    prepared = self._prepare(image)
+                    submitted = self._backend.submit({self.spec.input_name: prepared.frame[None]})
+                except Exception:
+                    # The frames before a bad one keep their boxes; the error comes after them.
+                    while in_flight:
+                        pending, earlier = in_flight.popleft()
+                        forming.append(pool.submit(self._form, self._prob_of(pending.result(), 1)[0], earlier))
+                    while forming:
+                        yield forming.popleft().result()
+                    raise
+                in_flight.append((submitted, prepared))
                 if len(in_flight) > 1:
                     pending, earlier = in_flight.popleft()
                     forming.append(pool.submit(self._form, self._prob_of(pending.result(), 1)[0], earlier))

@@ -83,6 +83,14 @@ def test_file_that_is_not_an_image(detector, tmp_path):
         detector.detect(path)
 
 
+def test_a_bad_frame_ends_the_stream_after_the_boxes_before_it(detector, scenes):
+    images = [s.image for s in scenes[:2]]
+    stream = detector.stream(iter([images[0], images[1], np.zeros((4, 4, 5), np.uint8), images[0]]))
+    assert len(next(stream)) and len(next(stream))  # both good frames, then the error
+    with pytest.raises(InvalidInputError):
+        next(stream)
+
+
 def test_batch_and_stream_match_single(detector, scenes):
     images = [s.image for s in scenes] + [scenes[0].image[:300, :500]]
     single = [[b.points.tolist() for b in detector.detect(image)] for image in images]

@@ -82,6 +82,10 @@ def test_stream_keeps_two_frames_in_flight_and_matches_detect(monkeypatch, image
     trt, cuda = install(monkeypatch)
     with EdgeDetector(backend="tensorrt", **SMALL) as detector:
         streamed = list(detector.stream(images * 2))
+        broken = detector.stream([images[0], images[1], np.zeros((4, 4, 5), np.uint8)])
+        assert len(next(broken)) and len(next(broken))  # the frames before a bad one keep their boxes
+        with pytest.raises(InvalidInputError):
+            next(broken)
         for boxes, expected in zip(streamed, cpu_boxes * 2):
             _same_boxes(boxes, expected)
         assert len(trt.contexts) == 2  # two slots, sharing one scratch allocation

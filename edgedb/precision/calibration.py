@@ -2,8 +2,10 @@
 
 Images are prepared exactly as at run time (the detector's resize and padding, uint8
 frames into the fused-preprocessing graph), the FP32 model runs with the input of every
-convolution exposed, and each such tensor gets its min, max and a histogram of |x|. One
-pass serves every calibration method: the statistics are cached (``calibration/cache/``
+convolution exposed, and each such tensor gets its min, max and a histogram of |x|.
+Exposed tensors stay alive until the run returns (1 GB at 736 x 1312 for PP-OCRv4), so
+they are exposed in groups of at most ``ACTIVATION_BUDGET`` bytes, one run per group.
+One pass serves every calibration method: the statistics are cached (``calibration/cache/``
 by default), keyed by the model, the images and the preparation, so quantizing again
 with another method, exclusions or target costs no new pass over the images.
 """
@@ -15,7 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 
 HISTOGRAM_BINS = 2048
 STATS_FORMAT = 4  # bumped when what is collected changes
+# Bytes of activations one run may expose. Issue 11, PP-OCRv4 on ICDAR 2015 (736 x 1312,
+# one thread): all 1006 MB at once peaked at 1.28 GB; two runs of about 500 MB peak at
+# 0.88 GB over 100 images, at the same speed (3.6 s an image: the histograms take 2.7 s,
+# the run 0.7 s, and two runs that each return half as much take 0.9 s).
+ACTIVATION_BUDGET = 512 * 2**20
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "calibration" / "cache"
 
 
@@ -141,6 +148,108 @@ def _with_outputs(model, names: Sequence[str]):
     return augmented
 
 
+def activation_bytes(model, names: Sequence[str], input_name: str, frame_shape: tuple[int, ...]) -> list[int]:
+    """Bytes of each named activation when ``model`` runs on a frame of ``frame_shape``,
+    from ONNX shape inference (no run). A tensor whose shape is not inferred counts as
+    large as the largest one that is, so the groups stay within the budget."""
+    import onnx
+
+    sized = onnx.ModelProto()
+    sized.CopyFrom(model)
+    for graph_input in sized.graph.input:
+        if graph_input.name == input_name:
+            for dim, value in zip(graph_input.type.tensor_type.shape.dim, frame_shape):
+                dim.Clear()
+                dim.dim_value = int(value)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(sized).graph
+    except Exception as error:  # onnx raises its own types for graphs it cannot type
+        log.warning("no shape inference for the calibration model (%s): all activations in one run", error)
+        inferred = sized.graph
+    known: dict[str, int] = {}
+    for info in list(inferred.value_info) + list(inferred.output):
+        tensor = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+        if tensor.HasField("shape") and all(d > 0 for d in dims):
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize if tensor.elem_type else 4
+            known[info.name] = int(np.prod(dims, dtype=np.int64)) * itemsize
+    largest = max(known.values(), default=1)
+    return [known.get(name, largest) for name in names]
+
+
+def split_by_size(names: Sequence[str], sizes: Sequence[int], count: int) -> list[list[str]]:
+    """``names`` cut into ``count`` consecutive groups (fewer if there are fewer names) of
+    about the same total size."""
+    total = sum(sizes)
+    count = max(1, min(len(names), count))
+    groups: list[list[str]] = [[]]
+    done = 0
+    for name, size in zip(names, sizes):
+        if groups[-1] and len(groups) < count and done + size > total * len(groups) / count:
+            groups.append([])
+        groups[-1].append(name)
+        done += size
+    return groups
+
+
+# Fusions that fold a following constant Mul/Add/BatchNorm into a convolution's weights:
+# they round differently, and apply only where the convolution's output is not exposed,
+# so with them a tensor's statistics would depend on the group it ran in. With every
+# activation exposed (one run) they never apply; without them, any grouping gives the
+# statistics of one run, to the bit (tests/test_memory.py; PP-OCRv4: 1 to 12 groups).
+# ORT_DISABLE_ALL would be as safe but 40 % slower, and it changes the statistics.
+_FOLDING_FUSIONS = ("ConvMulFusion", "ConvAddFusion", "ConvBNFusion")
+
+
+class _ExposedActivations:
+    """Runs a model with its activations exposed a group at a time: one ONNX Runtime
+    session per group (within one session, every graph output stays alive until the run
+    returns, requested or not). A frame gets as many groups as its activations need at
+    ``budget`` bytes a run; frames needing the same number share the groups and sessions
+    (cut where the first such frame's sizes balance them), so sizes that vary from image
+    to image make no new sessions."""
+
+    def __init__(self, model, names: Sequence[str], input_name: str, threads: Optional[int], budget: int):
+        self._model, self._names, self._input_name = model, list(names), input_name
+        self._threads, self._budget = threads, budget
+        self._counts: dict[tuple[int, ...], int] = {}  # frame shape -> number of groups
+        self._groups: dict[int, list[list[str]]] = {}  # number of groups -> the groups
+        self._sessions: dict[tuple[str, ...], object] = {}
+
+    def groups(self, frame_shape: tuple[int, ...]) -> list[list[str]]:
+        if frame_shape not in self._counts:
+            sizes = activation_bytes(self._model, self._names, self._input_name, frame_shape)
+            count = max(1, -(-sum(sizes) // self._budget))
+            self._counts[frame_shape] = count
+            if count not in self._groups:
+                self._groups[count] = split_by_size(self._names, sizes, count)
+            log.info("calibration at %s: %.0f MB of activations in %d runs", frame_shape[1:3], sum(sizes) / 2**20,
+                     len(self._groups[count]))
+        return self._groups[self._counts[frame_shape]]
+
+    def _session(self, group: list[str]):
+        import onnxruntime as ort
+
+        from edgedb.backends.onnxrt import session_options
+
+        key = tuple(group)
+        if key not in self._sessions:
+            self._sessions[key] = ort.InferenceSession(_with_outputs(self._model, group).SerializeToString(),
+                                                       session_options(self._threads),
+                                                       providers=["CPUExecutionProvider"],
+                                                       disabled_optimizers=list(_FOLDING_FUSIONS))
+        return self._sessions[key]
+
+    def __call__(self, frame: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, value) of every activation for ``frame``, in graph order. Each value is
+        the caller's alone: once dropped, its memory is free before the next run."""
+        for group in self.groups(frame.shape):
+            outputs = self._session(group).run(group, {self._input_name: frame})
+            outputs.reverse()
+            for name in group:
+                yield name, outputs.pop()
+
+
 def prepared_frames(images: Iterable[Path], *, limit_side_len: int, limit_type: str,
                     input_size: Optional[tuple[int, int]] = None):
     """Yields the uint8 frames the detector would feed for each image."""
@@ -157,13 +266,17 @@ def prepared_frames(images: Iterable[Path], *, limit_side_len: int, limit_type: 
 
 def collect_stats(model, images: Sequence[Path], *, limit_side_len: int = 736, limit_type: str = "min",
                   input_size: Optional[tuple[int, int]] = None, cache_dir: Optional[Path] = DEFAULT_CACHE,
-                  progress: bool = True) -> CalibrationStats:
+                  progress: bool = True, threads: Optional[int] = None,
+                  activation_budget: int = ACTIVATION_BUDGET) -> CalibrationStats:
     """Statistics of every convolution input of ``model`` (a deployable ModelProto with
-    fused preprocessing) over ``images``; from the cache when the same pass was made."""
-    import onnxruntime as ort
+    fused preprocessing) over ``images``; from the cache when the same pass was made.
+
+    ``threads``: ONNX Runtime threads (default: all cores). ``activation_budget``: bytes
+    of activations one run may expose (more runs per image, less memory); the statistics
+    do not depend on it.
+    """
     from tqdm import tqdm
 
-    from edgedb.backends.onnxrt import session_options
     from edgedb.spec import spec_from_metadata
 
     spec = spec_from_metadata(model)
@@ -183,20 +296,16 @@ def collect_stats(model, images: Sequence[Path], *, limit_side_len: int = 736, l
 
     observed = decompose_activations(model)  # its tensors cover both INT8 targets
     names = activation_names(observed)
-    session = ort.InferenceSession(_with_outputs(observed, names).SerializeToString(), session_options(),
-                                   providers=["CPUExecutionProvider"])
+    activations = _ExposedActivations(observed, names, spec.input_name, threads, activation_budget)
     stats = CalibrationStats({name: TensorStats.empty() for name in names})
     stats.key = key
     frames = prepared_frames(images, limit_side_len=limit_side_len, limit_type=limit_type, input_size=input_size)
     for frame in tqdm(frames, total=len(images), desc="calibrate", unit="image", disable=not progress):
-        # Every activation of a frame comes back at once (about 1 GB at 736 x 1312). Each
-        # is dropped once counted, so none is alive when the next frame runs: keeping the
-        # previous frame's list until the next run returned doubled the peak (issue 11:
-        # 2.5 GB for 3 images, 3.4 GB for 10; 1.4 GB for either now).
-        outputs = session.run(names, {spec.input_name: frame})
-        outputs.reverse()
-        for name in names:
-            stats[name].add(outputs.pop())
+        # Each activation is dropped once counted, so none is alive at the next run:
+        # keeping a run's outputs until the next one returned doubled the peak (issue 11).
+        for name, values in activations(frame):
+            stats[name].add(values)
+            del values
     if cached is not None:
         try:
             stats.save(cached)

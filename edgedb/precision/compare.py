@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -34,6 +35,32 @@ class PrecisionReport:
         return asdict(self)
 
 
+@dataclass
+class _MapFigures:
+    """One model's probability maps against the reference's, summed image by image."""
+
+    max_abs_error: float = 0.0
+    mean_errors: list[float] = field(default_factory=list)  # one per image
+    intersection: int = 0
+    union: int = 0
+
+    def add(self, prob: np.ndarray, reference: np.ndarray, threshold: float) -> None:
+        error = np.abs(prob - reference)
+        self.max_abs_error = max(self.max_abs_error, float(error.max()))
+        self.mean_errors.append(error.mean())
+        above, reference_above = prob > threshold, reference > threshold
+        self.intersection += int(np.logical_and(above, reference_above).sum())
+        self.union += int(np.logical_or(above, reference_above).sum())
+
+    @property
+    def mean_abs_error(self) -> float:
+        return float(np.mean(self.mean_errors))
+
+    @property
+    def binary_iou(self) -> float:
+        return self.intersection / self.union if self.union else 1.0
+
+
 def compare_precisions(
     models: Mapping[str, Union[str, Path, "onnx.ModelProto"]],  # noqa: F821
     samples: Sequence[tuple[str, Union[str, Path, np.ndarray], Optional[list]]],
@@ -46,7 +73,8 @@ def compare_precisions(
     each against ``reference`` (default: the first model).
 
     ``detector_options`` go to each ``EdgeDetector`` (input size, box formation), so all
-    models see the same frames and the same box settings.
+    models see the same frames and the same box settings. All models are open at once
+    and run image by image; memory does not grow with the number of images.
     """
     import onnx
     from tqdm import tqdm
@@ -61,45 +89,52 @@ def compare_precisions(
     if not samples:
         raise InvalidInputError("compare_precisions needs at least one image")
     reference = reference or next(iter(models))
+    if reference not in models:
+        raise InvalidInputError(f"reference {reference!r} is not one of the models {list(models)}")
     box_options = {k: detector_options.get(k, v) for k, v in DEFAULT_BOXES.items()}
-    images = [(name, as_bgr_image(image), truth) for name, image, truth in samples]
-    maps: dict[str, list[np.ndarray]] = {}
-    timings: dict[str, float] = {}
-    evaluations: dict[str, Optional[EvalResult]] = {}
-    with tempfile.TemporaryDirectory(prefix="edgedb-compare-") as scratch:
-        for name, model in models.items():
+    threshold = box_options["thresh"]
+    order = [reference, *(name for name in models if name != reference)]  # the reference map comes first
+    figures = {name: _MapFigures() for name in models}
+    results: dict[str, list] = {name: [] for name in models}
+    seconds = dict.fromkeys(models, 0.0)
+    with tempfile.TemporaryDirectory(prefix="edgedb-compare-") as scratch, ExitStack() as stack:
+        detectors = {}
+        for index, name in enumerate(order):
+            model = models[name]
             if isinstance(model, onnx.ModelProto):
-                path = Path(scratch) / f"{len(maps)}.onnx"
+                path = Path(scratch) / f"{index}.onnx"
                 onnx.save(model, str(path))
                 model = path
-            results, model_maps, seconds = [], [], 0.0
-            with EdgeDetector(model, **detector_options) as detector:
-                detector.probability_map(images[0][1])  # warm-up
-                for image_name, image, truth in tqdm(images, desc=name, unit="image", disable=not progress):
-                    start = time.perf_counter()
-                    prob = detector.probability_map(image)
-                    boxes = boxes_from_prob(prob, dest_size=image.shape[:2], **box_options)
-                    seconds += time.perf_counter() - start
-                    model_maps.append(prob)
-                    if truth is not None:
-                        results.append(evaluate_image(boxes, truth, image_name))
-            maps[name], timings[name] = model_maps, seconds / len(images)
-            evaluations[name] = EvalResult.from_images(results) if results else None
-    threshold = box_options["thresh"]
+            detectors[name] = stack.enter_context(EdgeDetector(model, **detector_options))
+        # Image by image, every model, the reference first: each map is compared with the
+        # reference's as soon as both exist and only figures are kept (issue 11: keeping
+        # every map of every model grew with the number of images).
+        for number, (image_name, image, truth) in enumerate(tqdm(samples, desc="compare", unit="image",
+                                                                 disable=not progress)):
+            image = as_bgr_image(image)
+            reference_map = None
+            for name in order:
+                detector = detectors[name]
+                if number == 0:
+                    detector.probability_map(image)  # warm-up
+                start = time.perf_counter()
+                prob = detector.probability_map(image)
+                boxes = boxes_from_prob(prob, dest_size=image.shape[:2], **box_options)
+                seconds[name] += time.perf_counter() - start
+                if reference_map is None:
+                    reference_map = prob
+                figures[name].add(prob, reference_map, threshold)
+                if truth is not None:
+                    results[name].append(evaluate_image(boxes, truth, image_name))
     reports = []
     for name in models:
-        errors = [np.abs(a - b) for a, b in zip(maps[name], maps[reference])]
-        inter = sum(np.logical_and(a > threshold, b > threshold).sum() for a, b in zip(maps[name], maps[reference]))
-        union = sum(np.logical_or(a > threshold, b > threshold).sum() for a, b in zip(maps[name], maps[reference]))
-        result = evaluations[name]
+        result = EvalResult.from_images(results[name]) if results[name] else None
         reports.append(PrecisionReport(
-            name=name, images=len(images),
+            name=name, images=len(samples),
             precision=result.precision if result else None, recall=result.recall if result else None,
             hmean=result.hmean if result else None,
-            max_abs_error=float(max(e.max() for e in errors)),
-            mean_abs_error=float(np.mean([e.mean() for e in errors])),
-            binary_iou=float(inter / union) if union else 1.0,
-            seconds_per_image=timings[name],
+            max_abs_error=figures[name].max_abs_error, mean_abs_error=figures[name].mean_abs_error,
+            binary_iou=figures[name].binary_iou, seconds_per_image=seconds[name] / len(samples),
         ))
     return reports
 
