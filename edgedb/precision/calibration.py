@@ -33,7 +33,18 @@ STATS_FORMAT = 4  # bumped when what is collected changes
 # 0.88 GB over 100 images, at the same speed (3.6 s an image: the histograms take 2.7 s,
 # the run 0.7 s, and two runs that each return half as much take 0.9 s).
 ACTIVATION_BUDGET = 512 * 2**20
-DEFAULT_CACHE = Path(__file__).resolve().parents[2] / "calibration" / "cache"
+def _default_stats_cache() -> Path:
+    """calibration/cache in an edgedb checkout (the project's place for calibration data);
+    for an installed package, a folder of edgedb's user cache, never site-packages."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "setup.py").is_file() and (checkout / "calibration").is_dir():
+        return checkout / "calibration" / "cache"
+    from edgedb.models import cache_dir
+
+    return cache_dir() / "calibration"
+
+
+DEFAULT_CACHE = _default_stats_cache()
 
 
 def calibration_images(source: Union[str, Path, Sequence[Union[str, Path]]]) -> list[Path]:
