@@ -233,3 +233,17 @@ def test_reference_rectangle_is_right():
     inset = shapely.box(62, 42, 138, 58)
     kernel = shapely.covers(inset, shapely.points(xs.ravel(), ys.ravel())).reshape(RECT_SHAPE)
     np.testing.assert_array_equal(reference.shrink, kernel)
+
+
+def test_out_maps_are_reused_and_give_the_same_labels():
+    from edgedb.synthetic import make_text_image
+
+    polygons = make_text_image(4, size=(240, 320)).polygons
+    fresh = make_labels((240, 320), polygons)
+    out = make_labels((240, 320), polygons[:1])  # stale content must be overwritten
+    again = make_labels((240, 320), polygons, out=out)
+    assert again is out
+    for name in ("shrink", "shrink_mask", "threshold", "threshold_mask"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(fresh, name))
+    with pytest.raises(InvalidInputError, match="out must hold"):
+        make_labels((100, 100), polygons, out=out)
