@@ -892,10 +892,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _training_samples(images: Path, gt: Optional[Path], skipped: _Skipped) -> list:
-    """Samples of an ICDAR folder, its unreadable images skipped; a list file as it is."""
+    """Samples of an ICDAR folder or a list file, their unreadable images skipped."""
     from edgedb.evaluation import IcdarDataset
-    from edgedb.train.data import icdar_samples, load_samples
+    from edgedb.train.data import icdar_samples, list_samples, load_samples
 
+    if images.is_file():
+        samples = list_samples(images, on_unreadable=skipped.add)
+        skipped.check_some_left(len(samples), "training images")
+        return samples
     if not images.is_dir():
         return load_samples(images, gt)
     paths = [image_path for _, image_path, _ in IcdarDataset(images, gt).items]

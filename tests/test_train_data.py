@@ -284,3 +284,17 @@ def test_batches_refuse_bad_arguments():
         batches([], 2, np.random.default_rng(0))
     with pytest.raises(InvalidInputError, match="batch_size"):
         batches(synthetic_samples(1, size=(64, 64)), 0, np.random.default_rng(0))
+
+
+def test_list_file_images_that_cannot_be_read_are_reported_and_left_out(tmp_path):
+    from edgedb.train.data import list_samples
+
+    cv2.imwrite(str(tmp_path / "good.png"), np.full((64, 64, 3), 255, np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    label = '[{"transcription": "a", "points": [[1, 1], [30, 1], [30, 12], [1, 12]]}]'
+    (tmp_path / "list.txt").write_text(f"good.png\t{label}\nbad.png\t{label}\n")
+    with pytest.raises(InvalidInputError, match="line 2"):
+        list_samples(tmp_path / "list.txt")
+    seen = []
+    samples = list_samples(tmp_path / "list.txt", on_unreadable=lambda path, error: seen.append(path.name))
+    assert [s.name for s in samples] == ["good"] and seen == ["bad.png"]

@@ -28,7 +28,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -160,7 +160,7 @@ def _paddle_regions(text: str, where: str) -> tuple[list[np.ndarray], list[bool]
     return polygons, ignore
 
 
-def list_samples(list_file: str | Path) -> list[Sample]:
+def list_samples(list_file: str | Path, on_unreadable: Callable[[Path, Exception], None] | None = None) -> list[Sample]:
     """Samples listed in a text file, one image a line, paths relative to the file.
 
     Two line formats (tab-separated):
@@ -171,6 +171,8 @@ def list_samples(list_file: str | Path) -> list[Sample]:
     - ``image_path<TAB>gt_path``, ``gt_path`` an ICDAR 2015 ground-truth file.
 
     Blank lines are skipped; the file is UTF-8 (a byte-order mark is accepted).
+    ``on_unreadable(path, error)``, when given, is told of each image that cannot be
+    read, which is then left out instead of ending the listing.
 
     Raises:
         InvalidInputError: the file is missing, a line has no tab or a bad label, or an
@@ -198,7 +200,10 @@ def list_samples(list_file: str | Path) -> list[Sample]:
         try:
             image = _read_image(image_path)
         except InvalidInputError as error:
-            raise InvalidInputError(f"{where}: {error}") from None
+            if on_unreadable is None:
+                raise InvalidInputError(f"{where}: {error}") from None
+            on_unreadable(image_path, error)
+            continue
         samples.append(Sample(image, polygons, ignore, name=image_path.stem, path=image_path))
     return samples
 
