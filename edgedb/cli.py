@@ -868,7 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-images", type=Path, help="validation images (default: 20%% of the training images)")
     train.add_argument("--val-gt", type=Path, help="validation ground truth")
     train.add_argument("--base", default="ppocrv4-det", help="zoo name or DBNet ONNX to start from (default ppocrv4-det)")
-    train.add_argument("--steps", type=_count, default=150, help="optimizer steps (default 150)")
+    train.add_argument("--steps", type=_count, default=200, help="optimizer steps (default 200)")
     train.add_argument("--batch-size", type=_bounded_int(1, 1024), default=4, help="crops per step (default 4)")
     train.add_argument("--crop", type=_bounded_int(32, MAX_SIDE), default=512, help="crop side in pixels (default 512)")
     train.add_argument("--lr", type=_bounded_float(0, 10, open_low=True), default=3e-4, help="peak learning rate of Adam (default 3e-4)")

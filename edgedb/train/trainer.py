@@ -133,7 +133,7 @@ def finetune(
     *,
     base: Union[str, Path] = "ppocrv4-det",
     spec: Optional[ModelSpec] = None,
-    steps: int = 150,
+    steps: int = 200,
     batch_size: int = 4,
     crop: int = 512,
     lr: float = 3e-4,
@@ -160,7 +160,7 @@ def finetune(
         loss: ``"db"`` (Ls + Lb + 10 Lt, with a threshold head) or ``"prob"`` (Ls only).
         binary_loss: ``"dice"`` or ``"bce"`` for Lb.
         scale: range of the random scale of the crops (log-uniform; 1 is the size the
-            detector runs images at). Defaults (bench/RESULTS.md): 150 steps of 4 crops of
+            detector runs images at). Defaults (bench/RESULTS.md): 200 steps of 4 crops of
             512 px at 3e-4, BCE for Lb, scale 0.7..1.4 — about 4.5 minutes on 2 CPU cores.
         ema: decay of the moving average of the weights that is validated and exported
             (0 for the raw weights).
