@@ -404,15 +404,12 @@ class FakeTensorRT:
         class Engine:
             def __init__(self, header, model_bytes):
                 import onnx
-                import onnxruntime as ort
+
+                from edgedb.backends.onnxrt import cpu_session
 
                 self.model = onnx.load_from_string(model_bytes)
-                from edgedb.backends.onnxrt import _float16_qdq, session_options
 
-                self.session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-                if _float16_qdq(self.session):  # as the ONNX Runtime backend runs them
-                    self.session = ort.InferenceSession(model_bytes, session_options(qdq_transforms=False),
-                                                        providers=["CPUExecutionProvider"])
+                self.session, _ = cpu_session(model_bytes)  # as the ONNX Runtime backend runs it
                 self.profile = {name: tuple(tuple(s) for s in shapes) for name, shapes in header["profiles"][0].items()}
                 self.inputs = [i.name for i in self.session.get_inputs()]
                 self.outputs = [o.name for o in self.session.get_outputs()]

@@ -43,24 +43,30 @@ def _float16_qdq(session) -> bool:
     return session.get_modelmeta().custom_metadata_map.get(PRECISION_KEY, "").startswith("best")
 
 
+def cpu_session(source: Union[str, bytes], threads: Optional[int] = None):
+    """(session, qdq_transforms): an ONNX Runtime CPU session over a file or serialized
+    model, opened again without the QDQ transforms for float16 Q/DQ models."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+    if not _float16_qdq(session):
+        return session, True
+    options = session_options(threads, qdq_transforms=False)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]), False
+
+
 class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime CPU session over a model file, serialized bytes or a ModelProto."""
 
     name = "onnxruntime"
 
     def __init__(self, model: Union[str, Path, bytes, "onnx.ModelProto"], *, threads: Optional[int] = None):  # noqa: F821
-        import onnxruntime as ort
-
         if hasattr(model, "SerializeToString"):
             model = model.SerializeToString()
         source = model if isinstance(model, bytes) else str(model)
-        self._source, self._threads, self._qdq_transforms = source, threads, True
+        self._source, self._threads = source, threads
         try:
-            self._session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
-            if _float16_qdq(self._session):
-                self._qdq_transforms = False
-                self._session = ort.InferenceSession(source, session_options(threads, qdq_transforms=False),
-                                                     providers=["CPUExecutionProvider"])
+            self._session, self._qdq_transforms = cpu_session(source, threads)
         except Exception as error:  # ORT raises its own exception types; say what failed
             where = "the given model" if isinstance(source, bytes) else source
             raise ModelError(f"ONNX Runtime cannot load {where}: {error}") from error
