@@ -166,9 +166,13 @@ class TrainableDBNet:
 
         return export_onnx(self.graph, self.model)
 
+    def tensors(self) -> dict:
+        """Every trained tensor (and BN statistic), live: no copy."""
+        return {f"{i}:{k}": v for i, m in enumerate(self.modules()) for k, v in m.state_dict().items()}
+
     def state(self) -> dict:
         """A copy of every trained tensor (to keep the best checkpoint in memory)."""
-        return {f"{i}:{k}": v.detach().clone() for i, m in enumerate(self.modules()) for k, v in m.state_dict().items()}
+        return {k: v.detach().clone() for k, v in self.tensors().items()}
 
     def load_state(self, state: dict) -> None:
         for i, module in enumerate(self.modules()):

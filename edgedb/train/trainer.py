@@ -202,8 +202,7 @@ def finetune(
     model, spec = load_base(base, spec)
     net = TrainableDBNet(model, spec, threshold_head=loss == "db").to(device)
     validator = Validator(val, stride=spec.stride)
-    net_cpu_eval = device == "cpu"
-    base_scores = validator(net) if net_cpu_eval else _validate_on_cpu(net, validator)
+    base_scores = _validate(net, validator, device)
     log.info("base model on %d validation images: %s", len(val), base_scores)
 
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
@@ -238,7 +237,7 @@ def finetune(
         hmean = None
         if (step + 1) % val_every == 0 or step + 1 == steps:
             live = average.swap_in(net) if average is not None else None
-            scores = validator(net) if net_cpu_eval else _validate_on_cpu(net, validator)
+            scores = _validate(net, validator, device)
             hmean = scores.hmean
             if scores.hmean > best_scores.hmean:
                 best_scores, best_step, best_state = scores, step + 1, net.state()
@@ -264,8 +263,7 @@ class _WeightAverage:
 
     def __init__(self, net, decay: float):
         self.decay, self.updates = decay, 0
-        self.state = {k: v.detach().clone().float() if v.is_floating_point() else v.clone()
-                      for k, v in net.state().items()}
+        self.state = {k: v.float() if v.is_floating_point() else v for k, v in net.state().items()}
 
     def update(self, net) -> None:
         import torch
@@ -273,7 +271,7 @@ class _WeightAverage:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         with torch.no_grad():
-            for key, value in net.state().items():
+            for key, value in net.tensors().items():
                 if value.is_floating_point():
                     self.state[key].mul_(decay).add_(value, alpha=1 - decay)
                 else:
@@ -286,9 +284,12 @@ class _WeightAverage:
         return live
 
 
-def _validate_on_cpu(net, validator):
+def _validate(net, validator, device: str):
+    """Validation runs on the CPU (its frames and box formation are there)."""
+    if device == "cpu":
+        return validator(net)
     net.to("cpu")
     try:
         return validator(net)
     finally:
-        net.to("cuda")
+        net.to(device)
