@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from edgedb import _native
+from edgedb._checks import as_integer
 from edgedb.errors import InvalidInputError, InvalidInputTypeError
 
 SCORE_MODES = ("fast", "slow")
@@ -65,12 +66,7 @@ def _number(name: str, value, low: float, high: float) -> float:
 
 
 def _integer(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise InvalidInputTypeError(f"{name} must be an integer, not bool")
-    try:
-        integer = operator.index(value)
-    except TypeError:
-        raise InvalidInputTypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+    integer = as_integer(name, value)
     if not low <= integer <= high:
         raise InvalidInputError(f"{name} must be an integer in [{low}, {high}], got {integer}")
     return integer

@@ -19,6 +19,7 @@ from typing import BinaryIO, Optional, Union
 import cv2
 import numpy as np
 
+from edgedb._checks import as_integer
 from edgedb.errors import InvalidInputError, InvalidInputTypeError
 
 LIMIT_TYPES = ("min", "max")
@@ -46,12 +47,7 @@ MAX_INPUT_PIXELS = 8192 * 8192
 
 def _side(name: str, value) -> int:
     """A side length argument: an integer in [1, MAX_INPUT_SIDE]."""
-    if isinstance(value, (bool, np.bool_)):
-        raise InvalidInputTypeError(f"{name} must be an integer, not bool")
-    try:
-        side = operator.index(value)
-    except TypeError:
-        raise InvalidInputTypeError(f"{name} must be an integer, not {type(value).__name__}") from None
+    side = as_integer(name, value)
     if not 0 < side <= MAX_INPUT_SIDE:
         raise InvalidInputError(f"{name} must be in [1, {MAX_INPUT_SIDE}] pixels, got {side}")
     return side
@@ -200,12 +196,7 @@ def image_pixel_limit(max_pixels: Optional[int] = None) -> int:
             raise InvalidInputError(f"${MAX_IMAGE_PIXELS_ENV} must be a positive whole number of pixels, "
                                     f"not {os.environ[MAX_IMAGE_PIXELS_ENV]!r}")
         return int(text)
-    if isinstance(max_pixels, (bool, np.bool_)):
-        raise InvalidInputTypeError(f"{source} must be an integer, not bool")
-    try:
-        limit = operator.index(max_pixels)
-    except TypeError:
-        raise InvalidInputTypeError(f"{source} must be an integer, not {type(max_pixels).__name__}") from None
+    limit = as_integer(source, max_pixels)
     if limit <= 0:
         raise InvalidInputError(f"{source} must be positive, got {limit}")
     return limit
