@@ -118,9 +118,7 @@ def main() -> int:
             import onnx
 
             calibration = sorted((args.data / "photos").glob("*.jpg")) + [
-                s.path for n, s in samples.items() if number(n) <= 50 and getattr(s, "path", None) is not None]
-            if len(calibration) <= 12:  # samples without paths: take the files directly
-                calibration += sorted(p for p in images.iterdir() if number(p.stem) <= 50)
+                s.path for n, s in samples.items() if number(n) <= 50]
             deployable, _ = load_deployable(str(tuned))
             stats = collect_stats(deployable, calibration)
             for target in ("cpu", "tensorrt"):

@@ -54,6 +54,14 @@ def private_model_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fp32():
+    """The default model's deployable (rewritten) FP32 graph, as the precision tests start from."""
+    from edgedb.detector import load_deployable
+
+    return load_deployable("ppocrv4-det")[0]
+
+
+@pytest.fixture(scope="session")
 def detector():
     with EdgeDetector(threads=2) as detector:
         yield detector

@@ -12,7 +12,6 @@ from onnx import numpy_helper
 from edgedb import InvalidInputError, ModelError
 from edgedb.backends.onnxrt import OnnxRuntimeBackend
 from edgedb.cli import main
-from edgedb.detector import load_deployable
 from edgedb.engine.precision import model_precision, precision_model
 from edgedb.precision import quantize_best, to_float16
 from edgedb.precision.calibration import calibration_images, collect_stats
@@ -21,11 +20,6 @@ from edgedb.synthetic import make_text_image
 
 SIZE = (320, 480)
 FLOAT16, FLOAT, INT8 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.INT8
-
-
-@pytest.fixture(scope="module")
-def fp32():
-    return load_deployable("ppocrv4-det")[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,12 @@ from onnx import numpy_helper
 
 from edgedb import InvalidInputError, ModelError
 from edgedb.cli import main
-from edgedb.detector import load_deployable
 from edgedb.precision.calibration import CalibrationStats, calibration_images, collect_stats
 from edgedb.precision.int8 import LOGIT_LIMIT, activation_ranges, quantize_int8, sensitive_layers
 from edgedb.preprocess import prepare_fixed
 from edgedb.synthetic import make_dataset, make_text_image
 
 SIZE = (320, 480)  # small fixed frames keep the suite fast
-
-
-@pytest.fixture(scope="module")
-def fp32():
-    return load_deployable("ppocrv4-det")[0]
 
 
 @pytest.fixture(scope="module")

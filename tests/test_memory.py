@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgedb import EdgeDetector
-from edgedb.detector import DEFAULT_BOXES, load_deployable
+from edgedb.detector import DEFAULT_BOXES
 from edgedb.precision.calibration import (
     _ExposedActivations,
     activation_bytes,
@@ -24,11 +24,6 @@ from edgedb.precision.cpu_graph import decompose_activations
 from edgedb.synthetic import make_text_image
 
 SIZE = (128, 192)  # tiny frames: these tests check arithmetic, not memory
-
-
-@pytest.fixture(scope="module")
-def fp32():
-    return load_deployable("ppocrv4-det")[0]
 
 
 @pytest.fixture(scope="module")
