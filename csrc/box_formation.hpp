@@ -7,8 +7,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <stdexcept>
 #include <vector>
+
+#include "errors.hpp"
 
 namespace edgedb {
 
@@ -41,12 +42,6 @@ struct BoxParams {
 struct Box {
     std::vector<float> xy;  // x0, y0, x1, y1, ...; quads: clockwise from the top-left
     float score = 0.f;
-};
-
-// Raised for maps or parameters that cannot be processed (NaN, out-of-range values...).
-class InvalidInput : public std::invalid_argument {
-   public:
-    using std::invalid_argument::invalid_argument;
 };
 
 // Validates `params` and `map`, then forms the boxes. Throws InvalidInput.

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "cpu_clones.hpp"
+
 namespace edgedb {
 namespace {
 
@@ -130,14 +132,7 @@ EDGEDB_INLINE bool scan_row(const T* row, int width, int y, const Pixels& px, st
     return !bad;
 }
 
-// The row scans, compiled twice on x86-64 (AVX2 and baseline) and picked once at load
-// time by the CPU; elsewhere (aarch64: NEON is baseline) compiled once.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define EDGEDB_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define EDGEDB_CPU_CLONES
-#endif
-
+// The row scans, one clone per CPU level (cpu_clones.hpp).
 EDGEDB_CPU_CLONES bool scan_row_f32(const float* row, int width, int y, const FloatPixels& px,
                                     std::vector<Run>& out) {
     return scan_row(row, width, y, px, out);

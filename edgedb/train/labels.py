@@ -41,12 +41,10 @@ Where this differs from the authors' code (MhLiao/DB, copied by PaddleOCR), on p
 Speed (labels are made for every crop of every step): convex quads are shrunk with a
 few NumPy calls for all of them at once (the inward offset of a convex polygon has no
 arcs: its corners are where the moved edge lines cross); other polygons go through
-pyclipper. The threshold map is computed only in boxes around each edge (long slanted
-edges cut into pieces), each box holding the distance to that one edge; the boxes are
-stacked into a few arrays and computed together, and a maximum per box merges them
-into the map. On a 2-core Xeon (median, one core left by another process), 50
-ICDAR-sized words on 1280x720 take about 3.7 ms and 50 large words rotated by up to 30
-degrees about 7 ms, most of it the threshold map's arithmetic on ~1M box pixels.
+pyclipper. The threshold map is drawn by the C++ core (csrc/threshold_band.cpp): per
+edge and row, only the pixels within D of the edge, a few vectorized flops each.
+:func:`_draw_threshold_numpy` computes the same band with NumPy (boxes around the
+edges, stacked into a few arrays) and is its reference in the tests.
 
 :func:`make_labels` is the fast version; :func:`make_labels_reference` computes the same
 labels pixel by pixel with shapely and pyclipper and is the tests' oracle.
@@ -61,6 +59,7 @@ import cv2
 import numpy as np
 import pyclipper
 
+from edgedb import _native
 from edgedb.errors import InvalidInputError, InvalidInputTypeError
 
 __all__ = ["DBLabels", "make_labels", "make_labels_reference"]
@@ -82,9 +81,9 @@ _MAX_COORD = float(2 ** (31 - _SHIFT - 1))
 #: Polygons with a smaller area (pixels) are degenerate and ignored, as in the
 #: authors' code.
 _MIN_AREA = 1.0
-#: Cost of one more edge box, in pixels of arithmetic; long slanted edges are cut
-#: into pieces (a box each) while a piece saves more area than this. (Tuned on a
-#: 2-core Xeon; from 1000 to 3000 made no measurable difference.)
+#: Cost of one more edge box of :func:`_draw_threshold_numpy`, in pixels of arithmetic;
+#: long slanted edges are cut into pieces (a box each) while a piece saves more area than
+#: this. (Tuned on a 2-core Xeon; from 1000 to 3000 made no measurable difference.)
 _BOX_OVERHEAD_PX = 3000.0
 #: Boxes stacked together are at least this fraction of the widest one's width (the
 #: stack is as wide as its widest box; narrower rows are wasted work).
@@ -157,7 +156,7 @@ def _check_polygons(polygons: Any, ignore: Any) -> tuple[list[np.ndarray], list[
             points = points.reshape(0, 2)
         if points.ndim != 2 or points.shape[1] != 2:
             raise InvalidInputError(f"polygons[{index}] must have shape (N, 2), got {points.shape}")
-        checked.append(points)
+        checked.append(np.ascontiguousarray(points))  # as the C++ threshold band takes them
     # One pass over all coordinates; a bad polygon is looked for only on failure.
     if checked and not np.all(np.abs(np.concatenate(checked)) <= _MAX_COORD):
         index = next(i for i, p in enumerate(checked) if not np.all(np.abs(p) <= _MAX_COORD))
@@ -311,21 +310,22 @@ class _EdgeBoxes:
     scale: np.ndarray
 
 
-def _edge_boxes(jobs: list[tuple[np.ndarray, float, float]], height: int, width: int) -> _EdgeBoxes:
-    """The boxes of all edges of ``jobs`` (``(points, D, scale)`` per polygon).
+def _edge_boxes(polygons: list[np.ndarray], distances: np.ndarray, scales: np.ndarray, height: int,
+                width: int) -> _EdgeBoxes:
+    """The boxes of all edges of the polygons (``D`` and scale per polygon).
 
     A slanted edge's box is much larger than the band around it, so long slanted edges
     are cut into ``n`` pieces with a box each: they cover ``(|dx| + 2Dn)(|dy| + 2Dn)/n``
     pixels at ``n`` times the per-box cost, least at
     ``n = sqrt(|dx||dy| / (4D^2 + overhead))``.
     """
-    points = np.concatenate([job[0] for job in jobs])
-    counts = np.array([len(job[0]) for job in jobs])
+    points = np.concatenate(polygons)
+    counts = np.array([len(polygon) for polygon in polygons])
     first = np.cumsum(counts) - counts
     following = np.arange(len(points)) + 1
     following[first + counts - 1] = first  # polygons are closed
-    distance = np.repeat([job[1] for job in jobs], counts)
-    scale = np.repeat([job[2] for job in jobs], counts)
+    distance = np.repeat(distances, counts)
+    scale = np.repeat(scales, counts)
     delta = points[following] - points
     length = np.hypot(delta[:, 0], delta[:, 1])
     real = length > 0.0
@@ -406,21 +406,43 @@ def _draw_stacked(threshold: np.ndarray, boxes: _EdgeBoxes, chosen: np.ndarray, 
 
 
 def _draw_threshold(
-    threshold: np.ndarray, jobs: list[tuple[np.ndarray, float, float]], thresh_max: float
+    threshold: np.ndarray, polygons: list[np.ndarray], distances: Any, scales: Any, thresh_max: float
 ) -> None:
-    """Raise ``threshold`` to ``thresh_max - scale * d`` near the polygons' edges.
+    """Raise ``threshold`` to ``thresh_max - scale * d`` near the polygons' edges, in C++.
 
-    ``jobs`` holds ``(points, D, scale)`` per polygon. ``d`` is the distance to one
-    edge; the maximum over edges (and polygons) through ``threshold`` makes it the
-    distance to the nearest edge. Only boxes around the edges that cover every pixel
-    closer than ``D`` are computed: farther pixels fall to ``thresh_min`` or below and
-    change nothing. Boxes are stacked in groups of similar width (a narrow box in a
-    wide stack is wasted work) and bounded size (``_STACKED_MAX_PIXELS``).
+    The same band as :func:`_draw_threshold_numpy`, its reference, on maps that hold at
+    least each polygon's ``thresh_min = thresh_max - scale * D`` (as :func:`make_labels`
+    fills them): only pixels closer than ``D`` to an edge are visited, and values below
+    ``thresh_min`` are not written. ``threshold`` must be a writable C-contiguous float32
+    ``(H, W)`` array, ``polygons`` float64 ``(N, 2)`` arrays.
+
+    Raises:
+        InvalidInputTypeError: a map or polygon of another dtype, or not an array.
+        InvalidInputError: a map that is not 2-D, C-contiguous and writable; a polygon not
+            of shape ``(N, 2)`` or C-contiguous; a non-finite coordinate; a ``D`` or scale
+            that is not finite and > 0; not one ``D`` and scale per polygon.
     """
-    if not jobs:
+    distances, scales = np.asarray(distances, np.float64), np.asarray(scales, np.float64)
+    _native.draw_threshold_band(threshold, polygons, distances, scales, float(thresh_max))
+
+
+def _draw_threshold_numpy(
+    threshold: np.ndarray, polygons: list[np.ndarray], distances: Any, scales: Any, thresh_max: float
+) -> None:
+    """Raise ``threshold`` to ``thresh_max - scale * d`` near the polygons' edges, in NumPy.
+
+    ``D`` and scale per polygon. ``d`` is the distance to one edge; the maximum over
+    edges (and polygons) through ``threshold`` makes it the distance to the nearest edge.
+    Only boxes around the edges that cover every pixel closer than ``D`` are computed:
+    farther pixels fall to ``thresh_min`` or below and change nothing. Boxes are stacked
+    in groups of similar width (a narrow box in a wide stack is wasted work) and bounded
+    size (``_STACKED_MAX_PIXELS``). The reference of :func:`_draw_threshold`.
+    """
+    if not polygons:
         return
     height, width = threshold.shape
-    boxes = _edge_boxes(jobs, height, width)
+    distances, scales = np.asarray(distances, np.float64), np.asarray(scales, np.float64)
+    boxes = _edge_boxes(polygons, distances, scales, height, width)
     order = np.argsort(-boxes.width, kind="stable")
     widths, heights = boxes.width[order].tolist(), boxes.height[order].tolist()
     start = 0
@@ -508,7 +530,7 @@ def make_labels(
             distances.append(_shrink_distance(area, perimeter, shrink_ratio))
 
     kept: list[np.ndarray] = []  # labelled polygons
-    jobs: list[tuple[np.ndarray, float, float]] = []  # threshold map: (points, D, scale)
+    kept_distances: list[float] = []
     # Kernels are drawn _FILL_INSET smaller, so that fillPoly takes the pixels whose
     # centre is inside the shrunk polygon.
     drawn = _shrink_polygons(labelled, [distance + _FILL_INSET for distance in distances])
@@ -520,10 +542,11 @@ def make_labels(
         # into holes, but would also cut overlaps between different polygons.
         cv2.fillPoly(shrink, paths, 1.0, cv2.LINE_8, _SHIFT)
         kept.append(points)
-        jobs.append((points, distance, (thresh_max - thresh_min) / distance))
+        kept_distances.append(distance)
     for points in masked:
         cv2.fillPoly(shrink_mask, [_fixed(points)], 0.0, cv2.LINE_8, _SHIFT)
-    _draw_threshold(threshold, jobs, thresh_max)
+    scales = (thresh_max - thresh_min) / np.array(kept_distances, np.float64)
+    _draw_threshold(threshold, kept, kept_distances, scales, thresh_max)
 
     # The dilated polygons: every pixel closer than D to an edge (where the threshold
     # map rose above thresh_min) plus the polygons themselves. (Not plus the shrunk
