@@ -442,6 +442,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     if args.precision != "fp16" and not args.calib:
         raise EdgeDBError(f"{args.precision} needs a calibration set: --calib DIR (a folder of images) or a list file")
+    if args.qat and args.precision != "int8":
+        raise EdgeDBError("--qat trains INT8 models: use it with --precision int8 (the default)")
     if args.precision == "best" and (args.target != "tensorrt" or args.full_range_weights):
         raise EdgeDBError("--precision best is for TensorRT (INT8 convolutions, float16 between them); "
                           "leave out --target cpu and --full-range-weights")
@@ -479,10 +481,27 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         else:
             result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude,
                                    full_range_weights=args.full_range_weights)
+            if args.qat:
+                result = _quantization_aware(args, model, result, images)
     onnx.save(result, str(args.output))
     print(f"wrote {args.output} ({args.precision}{'' if args.precision == 'fp16' else ', ' + args.target + ', ' + args.method}"
           f"{skipped.summary()}); spec: {spec_from_metadata(result).input_name!r} -> 'prob'")
     return 0
+
+
+def _quantization_aware(args: argparse.Namespace, model, quantized, images):
+    """--qat: the distilled model, or the post-training one when distillation did not help."""
+    from edgedb.train.qat import distill_int8
+
+    outcome = distill_int8(model, quantized, images, steps=args.steps, limit_side_len=args.limit_side_len,
+                           limit_type=args.limit_type, input_size=args.input_size)
+    print(f"quantization-aware training: binarized-map IoU against FP32 on {outcome.held_back} held-back images "
+          f"{outcome.ptq_iou:.4f} (post-training) -> {outcome.best_iou:.4f} (step {outcome.best_step} of "
+          f"{outcome.steps}, {outcome.seconds:.0f} s)")
+    if not outcome.improved:
+        print("no trained model beat the post-training one on the held-back images: writing the post-training model")
+        return quantized
+    return outcome.model
 
 
 def _deployable_models(args: argparse.Namespace, models: Sequence[str], scratch: Path) -> list:
@@ -761,6 +780,11 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--full-range-weights", action="store_true",
                           help="--target cpu: 8-bit instead of 7-bit weights, for CPUs with VNNI or ARM dot products "
                                "(x86 without VNNI saturates them)")
+    quantize.add_argument("--qat", action="store_true",
+                          help="then quantization-aware training by distillation: train the INT8 weights so the map "
+                          "matches FP32's on the calibration images (edgedb.train.qat.distill_int8; needs the "
+                          "train extra, PyTorch); writes the post-training model if training does not help")
+    quantize.add_argument("--steps", type=_count, default=150, help="--qat: optimizer steps (default 150)")
     quantize.add_argument("--cache", type=Path, default=None,
                           help="calibration statistics cache folder (default calibration/cache)")
     _add_input_size_arguments(quantize)
@@ -879,6 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ema", type=_bounded_float(0, 0.9999), default=0.95,
                        help="decay of the weight average that is validated and written; 0 for the raw weights "
                        "(default 0.95)")
+    train.add_argument("--freeze", type=_bounded_float(0, 0.99), default=0.0,
+                       help="fraction of the base's weights, from the input on, kept fixed: about 25%% cheaper steps "
+                       "at 0.3 (default 0: all train)")
     train.add_argument("--binary-loss", choices=["dice", "bce"], default="bce",
                        help="Lb's form: bce as in the DB paper, or dice (default bce)")
     train.add_argument("--threads", type=_count, help="CPU threads (default: the free cores)")
@@ -918,7 +945,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     val = _training_samples(args.val_images, args.val_gt, skipped) if args.val_images else None
     result = finetune(train, val, base=args.base, spec=spec, steps=args.steps, batch_size=args.batch_size,
                       crop=args.crop, lr=args.lr, loss=args.loss, binary_loss=args.binary_loss, threads=args.threads,
-                      device=args.device, seed=args.seed, scale=tuple(args.scale), ema=args.ema)
+                      device=args.device, seed=args.seed, scale=tuple(args.scale), ema=args.ema,
+                      freeze=args.freeze)
     print(f"validation before: {result.base}")
     print(f"validation after:  {result.best} (step {result.best_step} of {result.steps}, {result.seconds:.0f} s)"
           f"{skipped.summary()}")

@@ -765,15 +765,16 @@ SUPPORTED_OPS = tuple(sorted(set(_BUILDERS) | {"Constant"}))
 # --- the module ------------------------------------------------------------------------
 
 
-def _check_supported(graph: onnx.GraphProto) -> None:
-    unsupported = sorted({
-        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-        for n in graph.node
-        if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS
-    })
+def _op_key(node: onnx.NodeProto) -> str:
+    """The builder table's key: the op type, prefixed by its domain outside the default one."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+def _check_supported(graph: onnx.GraphProto, builders: Mapping[str, Callable]) -> None:
+    unsupported = sorted({_op_key(n) for n in graph.node if _op_key(n) not in builders and n.op_type != "Constant"})
     if unsupported:
         raise ModelError(f"cannot run this model in PyTorch: unsupported operators {', '.join(unsupported)} "
-                         f"(supported: {', '.join(SUPPORTED_OPS)})")
+                         f"(supported: {', '.join(sorted(set(builders) | {'Constant'}))})")
 
 
 def _trainable_names(graph: onnx.GraphProto, constants: Mapping[str, np.ndarray]) -> list:
@@ -868,7 +869,7 @@ class _Step:
 
 
 def _compile(graph: onnx.GraphProto, opset: int, inputs: Sequence[str], constants: dict, shapes: Mapping,
-             weights: set) -> list:
+             weights: set, builders: Mapping[str, Callable]) -> list:
     """The steps that remain to run on each call. Nodes reading only fixed constants are
     evaluated now, their outputs added to ``constants``; hard-swish chains become one step."""
     available = set(inputs) | set(constants) | weights
@@ -891,7 +892,7 @@ def _compile(graph: onnx.GraphProto, opset: int, inputs: Sequence[str], constant
             if position in hard_swishes:
                 steps.append(_Step(F.hardswish, (hard_swishes[position],), node.output[0]))
                 continue
-            fn = _BUILDERS[node.op_type](_Node(node, opset, constants, shapes))
+            fn = builders[_op_key(node)](_Node(node, opset, constants, shapes))
             if all(i in constants for i in node.input if i):  # constant folding
                 constants[node.output[0]] = fn(*[constants[i] if i else None for i in node.input])
             else:
@@ -928,22 +929,29 @@ class OnnxModule(nn.Module):
     fine-tuning with small batches, whose statistics are too noisy to replace the ones the
     model was trained with, and it keeps ``train()`` and ``eval()`` computing the same function.
 
+    ``builders`` adds or replaces operators ({op type, or "domain::op type": builder}, a
+    builder as in this module: ``_Node -> fn(*inputs)``), and ``trainable`` names more
+    constants to train; quantization-aware training (``edgedb.train.qat``) uses both.
+
     Raises:
         ModelError: the graph uses an unsupported operator (all of them are named) or an
             unsupported attribute value, or is not topologically sorted.
     """
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, *, builders: Optional[Mapping[str, Callable]] = None,
+                 trainable: Sequence[str] = ()):
         super().__init__()
         graph = model.graph
-        _check_supported(graph)
+        builders = {**_BUILDERS, **(builders or {})}
+        _check_supported(graph, builders)
         opset = _default_opset(model)
 
         values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         for node in graph.node:
             if node.op_type == "Constant":
                 values[node.output[0]] = _constant_value(node)
-        trainable = _trainable_names(graph, values)
+        trainable = _trainable_names(graph, values) + [name for name in trainable if name in values]
+        trainable = list(dict.fromkeys(trainable))
         weight_names = set(trainable)
 
         self.weights = nn.ParameterDict()
@@ -958,7 +966,7 @@ class OnnxModule(nn.Module):
 
         self.input_names = [i.name for i in graph.input if i.name not in values]
         self.output_names = [o.name for o in graph.output]
-        self._steps = _compile(graph, opset, self.input_names, constants, shapes, weight_names)
+        self._steps = _compile(graph, opset, self.input_names, constants, shapes, weight_names, builders)
 
         # Constants read at run time become buffers; the rest were used up by folding.
         needed = {i for step in self._steps for i in step.inputs if i in constants}

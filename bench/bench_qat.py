@@ -1,0 +1,91 @@
+"""Quantization-aware training by distillation: does it bring INT8 back to FP32's hmean?
+
+    python bench/bench_qat.py [--model ppocrv4-det FILE ...] [--targets tensorrt cpu] [--steps 150]
+
+Per model and target: post-training INT8 (the usual `edgedb quantize`), then
+`distill_int8` on the same calibration images (the 12 photos and ICDAR 2015 dev
+img_1..50); FP32, post-training and QAT models evaluated with EdgeDetector's defaults
+on img_51..100, which neither calibration nor training sees. Prints a Markdown row per
+model and target, and the QAT time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def evaluate_model(model, held_out) -> float:
+    from edgedb import EdgeDetector
+    from edgedb.evaluation import evaluate
+
+    with EdgeDetector(model) as detector:
+        return evaluate([(name, detector.detect(path), truth) for name, path, truth in held_out]).hmean
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--model", nargs="+", default=["ppocrv4-det"], help="zoo names or DBNet ONNX files")
+    parser.add_argument("--targets", nargs="+", default=["tensorrt", "cpu"], choices=["tensorrt", "cpu"])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--crop", type=int, default=384)
+    parser.add_argument("--scale-lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ONNX Runtime threads in QAT")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import onnx  # noqa: F401
+
+    from edgedb.detector import load_deployable
+    from edgedb.evaluation import IcdarDataset
+    from edgedb.precision.calibration import collect_stats
+    from edgedb.precision.int8 import quantize_int8
+    from edgedb.train.qat import distill_int8
+
+    icdar = list(IcdarDataset(args.data / "icdar2015-dev" / "images"))
+    held_out = [(name, path, truth) for name, path, truth in icdar if int(name.split("_")[-1]) > 50]
+    calibration = sorted((args.data / "photos").glob("*.jpg")) + [
+        path for name, path, _ in icdar if int(name.split("_")[-1]) <= 50]
+    figures = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "args": {k: str(v) for k, v in vars(args).items()},
+               "runs": []}
+    rows = []
+    for model_name in args.model:
+        fp32, _ = load_deployable(model_name)
+        stats = collect_stats(fp32, calibration)
+        fp32_h = evaluate_model(fp32, held_out)
+        for target in args.targets:
+            ptq = quantize_int8(fp32, stats, target=target)
+            ptq_h = evaluate_model(ptq, held_out)
+            outcome = distill_int8(fp32, ptq, calibration, steps=args.steps, lr=args.lr, crop=args.crop,
+                                   scale_lr=args.scale_lr, seed=args.seed, threads=args.threads)
+            qat_h = evaluate_model(outcome.model, held_out) if outcome.improved else ptq_h
+            run = dict(model=Path(model_name).name, target=target, fp32=fp32_h, ptq=ptq_h, qat=qat_h,
+                       ptq_iou=outcome.ptq_iou, qat_iou=outcome.best_iou, best_step=outcome.best_step,
+                       steps=outcome.steps, seconds=outcome.seconds, improved=outcome.improved,
+                       history=outcome.history)
+            figures["runs"].append(run)
+            row = (f"| {run['model']} | {target} | {fp32_h:.4f} | {ptq_h:.4f} ({(ptq_h - fp32_h) * 100:+.2f}) | "
+                   f"{qat_h:.4f} ({(qat_h - fp32_h) * 100:+.2f}) | {outcome.ptq_iou:.4f} -> {outcome.best_iou:.4f} | "
+                   f"{outcome.best_step}/{outcome.steps} | {outcome.seconds:.0f} |")
+            rows.append(row)
+            print(row, flush=True)
+    print("| model | target | FP32 H | post-training H (ΔH) | QAT H (ΔH) | held-back map IoU | best step / run | QAT s |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Quantization-aware training by distillation: the fake-quant model reproduces the
+post-training Q/DQ model, the export writes the same kind of model back, the loss
+weighs text, and the loop and `edgedb quantize --qat` run end to end on generated images."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+torch = pytest.importorskip("torch")
+
+from edgedb import InvalidInputError, ModelError  # noqa: E402
+from edgedb.cli import main  # noqa: E402
+from edgedb.precision.calibration import calibration_images, collect_stats  # noqa: E402
+from edgedb.precision.int8 import quantize_int8  # noqa: E402
+from edgedb.preprocess import prepare_fixed  # noqa: E402
+from edgedb.spec import PRECISION_KEY  # noqa: E402
+from edgedb.synthetic import make_text_image  # noqa: E402
+from edgedb.train.qat import (  # noqa: E402
+    QAT_SUFFIX,
+    binary_iou,
+    distill_int8,
+    distillation_loss,
+    export_qdq,
+    fake_quant_graph,
+    fake_quant_module,
+)
+
+SIZE = (320, 480)
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qat_calib")
+    for seed in range(5):
+        cv2.imwrite(str(folder / f"scene_{seed}.jpg"), make_text_image(60 + seed, size=SIZE).image)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def quantized(fp32, calib_dir, tmp_path_factory):
+    stats = collect_stats(fp32, calibration_images(calib_dir), input_size=SIZE,
+                          cache_dir=tmp_path_factory.mktemp("qat_stats"), progress=False)
+    return {target: quantize_int8(fp32, stats, target=target) for target in ("tensorrt", "cpu")}
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return prepare_fixed(make_text_image(91, size=SIZE).image, SIZE).frame[None]
+
+
+def ort_map(model, frame):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["prob"], {"image": frame})[0][0, 0]
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_fake_quant_module_reproduces_the_post_training_model(quantized, frame, target):
+    graph = fake_quant_graph(quantized[target])
+    module = fake_quant_module(graph)
+    with torch.no_grad():
+        prob = module(torch.from_numpy(frame))["prob"][0, 0].numpy()
+    reference = ort_map(quantized[target], frame)
+    # Float sums in another order can put a value on the other side of a rounding
+    # boundary now and then; the maps agree but for those.
+    assert np.abs(prob - reference).mean() < 2e-3
+    assert binary_iou([prob], [reference]) > 0.97
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_untrained_export_is_the_post_training_model(quantized, target):
+    model = quantized[target]
+    graph = fake_quant_graph(model)
+    exported = export_qdq(fake_quant_module(graph), graph, model)
+    assert [n.op_type for n in exported.graph.node] == [n.op_type for n in model.graph.node]
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in exported.graph.initializer}
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        assert after[name].dtype == value.dtype
+        np.testing.assert_array_equal(after[name], value, err_msg=name)
+    precision = {p.key: p.value for p in exported.metadata_props}[PRECISION_KEY]
+    assert precision.startswith(f"int8-{target}") and precision.endswith(QAT_SUFFIX)
+    assert not any(n.domain for n in exported.graph.node)  # no training-only operators left
+
+
+def test_weights_stay_in_the_post_training_range(quantized):
+    model = quantized["cpu"]
+    graph = fake_quant_graph(model)
+    module = fake_quant_module(graph)
+    weight = next(l for l in graph.latents.values() if l.dtype == np.int8 and l.integer_units)
+    assert (weight.qmin, weight.qmax) == (-64, 64)  # 7-bit CPU weights
+    key = next(k for k, n in module.onnx_names.items() if n == weight.name)
+    with torch.no_grad():
+        module.weights[key].fill_(1000.0)
+    exported = export_qdq(module, graph, model)
+    written = next(numpy_helper.to_array(t) for t in exported.graph.initializer if t.name == weight.target)
+    assert written.dtype == np.int8 and np.all(written == 64)
+    tensorrt = fake_quant_graph(quantized["tensorrt"])
+    assert {(l.qmin, l.qmax) for l in tensorrt.latents.values()} == {(-127, 127)}  # symmetric int8
+
+
+def test_gradients_reach_every_integer_weight(quantized, frame):
+    graph = fake_quant_graph(quantized["tensorrt"])
+    module = fake_quant_module(graph)
+    logit = module(torch.from_numpy(frame), outputs=[graph.logit])[graph.logit]
+    logit.mean().backward()
+    latents = [p for k, p in module.weights.items() if module.onnx_names[k] in graph.latents]
+    assert len(latents) == sum(n.op_type == "Conv" for n in quantized["tensorrt"].graph.node)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in latents)
+    # (A squeeze-excite block whose hard-sigmoid saturates on a frame passes no gradient.)
+    assert sum(float(p.grad.abs().sum()) > 0 for p in latents) >= 0.9 * len(latents)
+
+
+def test_distillation_loss_weighs_text_like_the_rest():
+    teacher = torch.zeros(1, 1, 64, 64)
+    teacher[..., 30:34, 10:50] = 0.9  # one word
+    logit = torch.logit(teacher.clamp(1e-4, 1 - 1e-4)).requires_grad_(True)
+    distillation_loss(logit, teacher).backward()
+    assert logit.grad.abs().max() < 1e-3  # a perfect student: nothing to learn
+    missed = logit.detach().clone()
+    missed[..., 30:34, 10:50] = -5.0  # the word lost
+    false = logit.detach().clone()
+    false[..., 0:4, 10:50] = 5.0  # as many false pixels in the empty part
+    lost, alarm = float(distillation_loss(missed, teacher)), float(distillation_loss(false, teacher))
+    assert lost > 1.0 and alarm > 1.0  # either costs about as much as a region's mean
+    plain = torch.nn.functional.binary_cross_entropy_with_logits
+    assert float(plain(missed, teacher)) < lost / 10  # a plain mean would hardly see the lost word
+
+
+def test_binary_iou():
+    a = np.zeros((4, 4), np.float32)
+    b = a.copy()
+    a[:2] = 1
+    b[1:3] = 1
+    assert binary_iou([a], [b]) == pytest.approx(4 / 12)
+    assert binary_iou([np.zeros((2, 2))], [np.zeros((2, 2))]) == 1.0
+
+
+def test_distill_int8_runs_and_never_returns_a_worse_model(fp32, quantized, calib_dir):
+    images = calibration_images(calib_dir)
+    result = distill_int8(fp32, quantized["tensorrt"], images, steps=3, batch_size=2, crop=96, held_back=2,
+                          val_every=1, input_size=SIZE, progress=False, threads=1)
+    assert result.held_back == 2 and result.steps <= 3 and len(result.history) == result.steps
+    assert 0 <= result.ptq_iou <= 1 and result.best_iou >= result.ptq_iou
+    if result.improved:
+        assert result.best_iou > result.ptq_iou and result.best_step >= 1
+        assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in quantized["tensorrt"].graph.node]
+    else:
+        assert result.model is None and result.best_step == 0
+
+
+def test_distill_int8_errors(fp32, quantized, calib_dir):
+    images = calibration_images(calib_dir)
+    with pytest.raises(InvalidInputError, match="at least 4"):
+        distill_int8(fp32, quantized["cpu"], images[:3], progress=False)
+    with pytest.raises(InvalidInputError, match="steps"):
+        distill_int8(fp32, quantized["cpu"], images, steps=0, progress=False)
+    with pytest.raises(ModelError, match="DequantizeLinear"):
+        fake_quant_graph(fp32)
+
+
+def test_quantize_qat_cli(fp32, calib_dir, tmp_path, capsys):
+    out = tmp_path / "qat.onnx"
+    code = main(["quantize", "ppocrv4-det", "--calib", str(calib_dir), "--qat", "--steps", "2",
+                 "--input-size", f"{SIZE[0]}x{SIZE[1]}", "--cache", str(tmp_path), "-o", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "quantization-aware training" in printed and "IoU" in printed
+    model = onnx.load(str(out))
+    precision = {p.key: p.value for p in model.metadata_props}[PRECISION_KEY]
+    assert precision.startswith("int8-tensorrt")
+
+
+def test_qat_flag_needs_int8(calib_dir, tmp_path, capsys):
+    code = main(["quantize", "ppocrv4-det", "--calib", str(calib_dir), "--qat", "--precision", "fp16",
+                 "-o", str(tmp_path / "x.onnx")])
+    assert code != 0
+    assert "--qat" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_learned_scales_are_written_to_both_nodes_of_a_pair(quantized, frame, target):
+    model = quantized[target]
+    graph = fake_quant_graph(model)
+    module = fake_quant_module(graph, learn_scales=True)
+    keys = {n: k for k, n in module.onnx_names.items()}
+    with torch.no_grad():
+        for name in graph.activation_scales:
+            module.weights[keys[name]].mul_(1.25)
+        prob = module(torch.from_numpy(frame))["prob"][0, 0].numpy()
+    exported = export_qdq(module, graph, model)
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in exported.graph.initializer}
+    for q_scale, dq_scale, ratio in graph.scales:
+        assert float(after[q_scale]) == pytest.approx(1.25 * float(before[q_scale]), rel=1e-6)
+        assert float(after[dq_scale]) == pytest.approx(ratio * float(after[q_scale]), rel=1e-6)
+        assert after[q_scale].shape == before[q_scale].shape
+    if target == "cpu":
+        assert any(ratio != 1.0 for _, _, ratio in graph.scales)  # scalar Muls folded into pairs
+    # The exported model computes what the module does with those scales.
+    assert binary_iou([ort_map(exported, frame)], [prob]) > 0.97
