@@ -66,6 +66,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, nargs=2, default=(0.7, 1.4))
     parser.add_argument("--ema", type=float, default=0.95)
+    parser.add_argument("--freeze", type=float, default=0.0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch threads (default: all cores; the trainer's own default, the free cores, "
+                        "follows the load average, which a previous run leaves high)")
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--labels", action="store_true")
     parser.add_argument("--output", type=Path, help="keep the fine-tuned ONNX here")
@@ -91,7 +95,8 @@ def main() -> int:
 
     result = finetune(train, val, base=args.base, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
                       lr=args.lr, loss=args.loss, binary_loss=args.binary_loss, seed=args.seed,
-                      scale=tuple(args.scale), ema=args.ema)
+                      scale=tuple(args.scale), ema=args.ema, freeze=args.freeze,
+                      threads=args.threads)
     figures.update(train_seconds=result.seconds, best_step=result.best_step,
                    val_before=vars(result.base), val_after=vars(result.best),
                    losses=[(step, terms.total) for step, terms, _ in result.history],

@@ -82,6 +82,24 @@ def test_unexported_models_and_bad_arguments_are_refused(tmp_path):
         finetune(samples, steps=0)
     with pytest.raises(InvalidInputError, match="threads"):
         finetune(samples, threads=-1)
+    with pytest.raises(InvalidInputError, match="freeze"):
+        finetune(samples, freeze=1.0)
+
+
+def test_freeze_early_keeps_the_first_weights_in_graph_order():
+    model, spec = load_base("ppocrv4-det")
+    net = TrainableDBNet(model, spec)
+    everything = len(net.parameters())
+    count = net.freeze_early(0.3)
+    frozen = [net.graph.onnx_names[k] for k, p in net.graph.weights.items() if not p.requires_grad]
+    assert len(frozen) == count == int(len(net.graph.weights) * 0.3)
+    assert len(net.parameters()) == everything - count  # the optimizer gets the rest
+    first_conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert first_conv.input[1] in frozen  # the stem's weights
+    last_conv = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")][-1]
+    assert last_conv.input[1] not in frozen  # the head's
+    net.freeze_early(0.0)
+    assert len(net.parameters()) == everything
 
 
 def test_missing_torch_names_the_extra(monkeypatch):

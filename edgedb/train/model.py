@@ -126,7 +126,24 @@ class TrainableDBNet:
         return [m for m in (self.graph, self.head) if m is not None]
 
     def parameters(self):
-        return [p for m in self.modules() for p in m.parameters()]
+        """The tensors that train (frozen ones excluded)."""
+        return [p for m in self.modules() for p in m.parameters() if p.requires_grad]
+
+    def freeze_early(self, fraction: float) -> int:
+        """Keeps the first ``fraction`` of the base model's weights (in graph order: the
+        stem and early backbone, at the highest resolutions) fixed; returns how many
+        tensors that is. Their backward pass is skipped, so each step is cheaper
+        (0.3: about a quarter less time per step of PP-OCRv4 det)."""
+        first_use = {}
+        for position, node in enumerate(self.model.graph.node):
+            for name in node.input:
+                first_use.setdefault(name, position)
+        weights = self.graph.weights
+        ordered = sorted(weights, key=lambda key: first_use.get(self.graph.onnx_names[key], len(first_use)))
+        count = int(len(ordered) * fraction)
+        for index, key in enumerate(ordered):
+            weights[key].requires_grad_(index >= count)
+        return count
 
     def train(self, mode: bool = True):
         for module in self.modules():

@@ -141,6 +141,7 @@ def finetune(
     binary_loss: str = "bce",
     scale: tuple[float, float] = (0.7, 1.4),
     ema: float = 0.95,
+    freeze: float = 0.0,
     val_every: Optional[int] = None,
     val_fraction: float = 0.2,
     threads: Optional[int] = None,
@@ -164,6 +165,7 @@ def finetune(
             512 px at 3e-4, BCE for Lb, scale 0.7..1.4 — about 4.5 minutes on 2 CPU cores.
         ema: decay of the moving average of the weights that is validated and exported
             (0 for the raw weights).
+        freeze: fraction of the base's weights, from the input on, kept fixed.
         val_every: steps between validations (default: steps / 8).
         threads: CPU threads (default: the free cores).
         device: ``"cpu"``, ``"cuda"`` (default: CUDA when available).
@@ -183,6 +185,8 @@ def finetune(
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("crop", crop, 64)):
         if not isinstance(value, int) or value < low:
             raise InvalidInputError(f"{name} must be an integer >= {low}, not {value!r}")
+    if not 0 <= freeze < 1:
+        raise InvalidInputError(f"freeze must be a fraction in [0, 1), not {freeze!r}")
     if not lr > 0:
         raise InvalidInputError(f"lr must be positive, not {lr!r}")
     if threads is not None and threads < 1:
@@ -201,6 +205,8 @@ def finetune(
 
     model, spec = load_base(base, spec)
     net = TrainableDBNet(model, spec, threshold_head=loss == "db").to(device)
+    if freeze:
+        log.info("kept %d weight tensors of the base fixed", net.freeze_early(freeze))
     validator = Validator(val, stride=spec.stride)
     base_scores = _validate(net, validator, device)
     log.info("base model on %d validation images: %s", len(val), base_scores)
