@@ -784,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="then quantization-aware training by distillation: train the INT8 weights so the map "
                           "matches FP32's on the calibration images (edgedb.train.qat.distill_int8; needs the "
                           "train extra, PyTorch); writes the post-training model if training does not help")
-    quantize.add_argument("--steps", type=_count, default=150, help="--qat: optimizer steps (default 150)")
+    quantize.add_argument("--steps", type=_count, default=300, help="--qat: optimizer steps (default 300)")
     quantize.add_argument("--cache", type=Path, default=None,
                           help="calibration statistics cache folder (default calibration/cache)")
     _add_input_size_arguments(quantize)

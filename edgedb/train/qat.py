@@ -394,7 +394,7 @@ def distill_int8(
     quantized,
     images: Sequence[Union[str, Path]],
     *,
-    steps: int = 150,
+    steps: int = 300,
     batch_size: int = 4,
     crop: int = 384,
     lr: float = 0.02,
@@ -420,7 +420,8 @@ def distill_int8(
         images: calibration images; ``held_back`` of them (default: a tenth, 2 to 10) are
             kept out of training to measure map agreement.
         steps, batch_size, crop: optimizer steps, crops per step, crop side (pixels,
-            rounded down to the model's stride).
+            rounded down to the model's stride). 300 steps: 3 to 9 minutes on 2 CPU cores
+            (early stopping ends most runs sooner; bench/RESULTS.md).
         lr: Adam's learning rate for the integer weights, in quantization steps.
         float_lr: Adam's learning rate for the weights the target keeps float (TensorRT's
             biases, ...) and int32 biases, relative to each tensor's mean magnitude; 0
