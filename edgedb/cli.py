@@ -501,6 +501,7 @@ def _quantization_aware(args: argparse.Namespace, model, quantized, images):
     if not outcome.improved:
         print("no trained model beat the post-training one on the held-back images: writing the post-training model")
         return quantized
+    print("a closer map is not always a better hmean: check the model with `edgedb compare` on labelled images")
     return outcome.model
 
 
