@@ -35,6 +35,12 @@ class PrecisionReport:
         return asdict(self)
 
 
+def binarized_overlap(prob: np.ndarray, reference: np.ndarray, threshold: float) -> tuple[int, int]:
+    """(intersection, union) in pixels of the two maps binarized at ``threshold``."""
+    above, reference_above = prob > threshold, reference > threshold
+    return int(np.logical_and(above, reference_above).sum()), int(np.logical_or(above, reference_above).sum())
+
+
 @dataclass
 class _MapFigures:
     """One model's probability maps against the reference's, summed image by image."""
@@ -48,9 +54,9 @@ class _MapFigures:
         error = np.abs(prob - reference)
         self.max_abs_error = max(self.max_abs_error, float(error.max()))
         self.mean_errors.append(error.mean())
-        above, reference_above = prob > threshold, reference > threshold
-        self.intersection += int(np.logical_and(above, reference_above).sum())
-        self.union += int(np.logical_or(above, reference_above).sum())
+        intersection, union = binarized_overlap(prob, reference, threshold)
+        self.intersection += intersection
+        self.union += union
 
     @property
     def mean_abs_error(self) -> float:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from edgedb._checks import integer_at_least
 from edgedb.errors import InvalidInputError, InvalidInputTypeError
 from edgedb.evaluation import IcdarDataset, load_icdar_gt
 from edgedb.preprocess import read_image
@@ -216,10 +217,9 @@ def synthetic_samples(count: int, seed: int = 0, size: tuple[int, int] = (640, 6
     """
     from edgedb.synthetic import make_text_image
 
-    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 0:
-        raise InvalidInputError(f"count must be an integer >= 0, got {count!r}")
+    count = integer_at_least("count", count, 0)
     samples = []
-    for index in range(1, int(count) + 1):
+    for index in range(1, count + 1):
         image_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
         generated = make_text_image(image_seed, size=size, **kwargs)
         samples.append(
@@ -496,12 +496,10 @@ def batches(
     samples = list(samples)
     if not samples:
         raise InvalidInputError("no training samples")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InvalidInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not isinstance(workers, (int, np.integer)) or workers < 0:
-        raise InvalidInputError(f"workers must be an integer >= 0, got {workers!r}")
+    batch_size = integer_at_least("batch_size", batch_size, 1)
+    workers = integer_at_least("workers", workers, 0)
     crop = tuple(int(side) for side in _check_pair(crop, "crop", int))
-    return _stream(samples, int(batch_size), rng, crop, int(workers), augment_options)
+    return _stream(samples, batch_size, rng, crop, workers, augment_options)
 
 
 def _stream(samples: list[Sample], batch_size: int, rng: np.random.Generator, crop: tuple[int, int],

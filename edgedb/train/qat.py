@@ -38,6 +38,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from edgedb._checks import integer_at_least
 from edgedb.errors import InvalidInputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -330,13 +331,13 @@ def distillation_loss(logit, teacher, *, threshold: float = 0.3, border: int = 2
 
 
 def binary_iou(maps: Sequence[np.ndarray], references: Sequence[np.ndarray], threshold: float = 0.3) -> float:
-    """IoU of the maps binarized at ``threshold``, pooled over all of them."""
-    intersection = union = 0
-    for prob, reference in zip(maps, references):
-        above, reference_above = prob > threshold, reference > threshold
-        intersection += int(np.logical_and(above, reference_above).sum())
-        union += int(np.logical_or(above, reference_above).sum())
-    return intersection / union if union else 1.0
+    """IoU of the maps binarized at ``threshold``, pooled over all of them (as
+    ``edgedb compare`` pools it)."""
+    from edgedb.precision.compare import binarized_overlap
+
+    overlaps = [binarized_overlap(prob, reference, threshold) for prob, reference in zip(maps, references)]
+    union = sum(u for _, u in overlaps)
+    return sum(i for i, _ in overlaps) / union if union else 1.0
 
 
 # --- the loop ---------------------------------------------------------------------------
@@ -359,21 +360,6 @@ class QatResult:
     @property
     def improved(self) -> bool:
         return self.model is not None
-
-
-class _Teacher:
-    """The FP32 model on ONNX Runtime: probability maps for frames (N, H, W, 3) uint8."""
-
-    def __init__(self, float_model, threads: Optional[int]):
-        from edgedb.backends.onnxrt import cpu_session
-        from edgedb.spec import spec_from_metadata
-
-        spec = spec_from_metadata(float_model)
-        self.input_name, self.output = spec.input_name, spec.prob_output
-        self.session, _ = cpu_session(float_model.SerializeToString(), threads)
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input_name: frames})[0]
 
 
 def _crop_origins(frame_shape, text: np.ndarray, size: tuple, rng) -> tuple:
@@ -443,7 +429,7 @@ def distill_int8(
     torch = import_torch()
     from tqdm import tqdm
 
-    from edgedb.backends.onnxrt import cpu_session
+    from edgedb.backends.onnxrt import OnnxRuntimeBackend
     from edgedb.precision.calibration import prepared_frames
     from edgedb.spec import spec_from_metadata
 
@@ -453,8 +439,7 @@ def distill_int8(
         raise InvalidInputError(f"quantization-aware training needs at least 4 calibration images, got {len(images)}")
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("crop", crop, 32),
                              ("patience", patience, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise InvalidInputError(f"{name} must be an integer >= {low}, not {value!r}")
+        integer_at_least(name, value, low)
     if not lr > 0 or not float_lr >= 0:
         raise InvalidInputError(f"lr must be positive and float_lr not negative, not {lr!r} and {float_lr!r}")
     spec = spec_from_metadata(quantized)
@@ -472,7 +457,12 @@ def distill_int8(
     order = rng.permutation(len(images))
     frames = list(prepared_frames(images, limit_side_len=limit_side_len, limit_type=limit_type,
                                   input_size=input_size))
-    teacher = _Teacher(float_model, threads)
+    fp32 = OnnxRuntimeBackend(float_model, threads=threads)
+
+    def teacher(frames: np.ndarray) -> np.ndarray:
+        """The FP32 probability maps of uint8 frames (N, H, W, 3)."""
+        return fp32.infer({spec.input_name: frames})[spec.prob_output]
+
     check_frames = [frames[i] for i in order[:held]]
     train_frames = [frames[i] for i in order[held:]]
     reference = [teacher(f)[0, 0] for f in tqdm(check_frames, desc="teacher", unit="frame", disable=not progress)]
@@ -513,8 +503,8 @@ def distill_int8(
 
     def measure() -> tuple:
         model = export_qdq(module, graph, quantized)
-        session, _ = cpu_session(model.SerializeToString(), threads)
-        maps = [session.run([spec.prob_output], {spec.input_name: f})[0][0, 0] for f in check_frames]
+        with OnnxRuntimeBackend(model, threads=threads) as session:
+            maps = [session.infer({spec.input_name: f})[spec.prob_output][0, 0] for f in check_frames]
         return binary_iou(maps, reference, threshold), model
 
     ptq_iou, _ = measure()
@@ -552,5 +542,6 @@ def distill_int8(
             log.info("stopping at step %d: no better map agreement in %d measurements", step + 1, patience)
             break
     bar.close()
+    fp32.close()
     seconds = time.perf_counter() - begin
     return QatResult(ptq_iou, best_iou, best_step, len(history), seconds, held, best_model, history)

@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from edgedb._checks import integer_at_least
 from edgedb.errors import InvalidInputError, MissingDependencyError, ModelError
 from edgedb.spec import ModelSpec
 
@@ -183,8 +184,7 @@ def finetune(
     if not train:
         raise InvalidInputError("no training images")
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("crop", crop, 64)):
-        if not isinstance(value, int) or value < low:
-            raise InvalidInputError(f"{name} must be an integer >= {low}, not {value!r}")
+        integer_at_least(name, value, low)
     if not 0 <= freeze < 1:
         raise InvalidInputError(f"freeze must be a fraction in [0, 1), not {freeze!r}")
     if not lr > 0:
