@@ -6,7 +6,8 @@ Trains on ICDAR 2015 dev img_1..40, validates (checkpoint choice) on img_41..50 
 evaluates on img_51..100, never seen in training or selection, with EdgeDetector's
 defaults on the exported ONNX (rewritten as any user model would be), against the base
 model. ``--int8`` also quantizes the fine-tuned model for the CPU and TensorRT targets
-(calibrated on img_1..50 and the photos) and evaluates them. ``--labels`` times label
+as `edgedb quantize` does (post-training, then bias correction; calibrated on img_1..50
+and the photos) and evaluates them. ``--labels`` times label
 generation for a 1280x720 image with 50 words.
 """
 
@@ -58,8 +59,8 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--base", default="ppocrv4-det")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=384)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--loss", default="db", choices=["db", "prob"])
     parser.add_argument("--binary-loss", default="bce", choices=["dice", "bce"])
@@ -118,6 +119,7 @@ def main() -> int:
               f"H {figures['held_out_tuned']['hmean']:.4f}")
         if args.int8:
             from edgedb.detector import load_deployable
+            from edgedb.precision.bias_correction import correct_biases
             from edgedb.precision.calibration import collect_stats
             from edgedb.precision.int8 import quantize_int8
             import onnx
@@ -128,7 +130,9 @@ def main() -> int:
             stats = collect_stats(deployable, calibration)
             for target in ("cpu", "tensorrt"):
                 path = Path(scratch) / f"tuned-int8-{target}.onnx"
-                onnx.save(quantize_int8(deployable, stats, target=target), str(path))
+                corrected, _ = correct_biases(deployable, quantize_int8(deployable, stats, target=target),
+                                              calibration, threads=args.threads)
+                onnx.save(corrected, str(path))
                 figures[f"held_out_tuned_int8_{target}"] = evaluate_model(str(path), held_out)
                 print(f"  INT8 {target}: H {figures[f'held_out_tuned_int8_{target}']['hmean']:.4f}")
     if args.json:

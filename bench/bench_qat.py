@@ -2,11 +2,12 @@
 
     python bench/bench_qat.py [--model ppocrv4-det FILE ...] [--targets tensorrt cpu] [--steps 300]
 
-Per model and target: post-training INT8 (the usual `edgedb quantize`), then
-`distill_int8` on the same calibration images (the 12 photos and ICDAR 2015 dev
-img_1..50); FP32, post-training and QAT models evaluated with EdgeDetector's defaults
-on img_51..100, which neither calibration nor training sees. Prints a Markdown row per
-model and target, and the QAT time.
+Per model and target: post-training INT8 (`quantize_int8`), its bias correction
+(`correct_biases`; together, what `edgedb quantize` writes), then `distill_int8` from the
+corrected model, all on the same calibration images (the 12 photos and ICDAR 2015 dev
+img_1..50); every model evaluated with EdgeDetector's defaults on img_51..100, which
+neither calibration nor training sees. Prints a Markdown row per model and target, with
+the bias correction's and QAT's times. ``--no-qat`` stops after the bias correction.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main() -> int:
     parser.add_argument("--scale-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ONNX Runtime threads in QAT")
+    parser.add_argument("--no-qat", action="store_true", help="post-training and bias correction only")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -55,6 +57,7 @@ def main() -> int:
 
     from edgedb.detector import load_deployable
     from edgedb.evaluation import IcdarDataset
+    from edgedb.precision.bias_correction import correct_biases
     from edgedb.precision.calibration import collect_stats
     from edgedb.precision.int8 import quantize_int8
     from edgedb.train.qat import distill_int8
@@ -73,21 +76,27 @@ def main() -> int:
         for target in args.targets:
             ptq = quantize_int8(fp32, stats, target=target)
             ptq_h = evaluate_model(ptq, held_out)
-            outcome = distill_int8(fp32, ptq, calibration, steps=args.steps, lr=args.lr, crop=args.crop,
-                                   scale_lr=args.scale_lr, seed=args.seed, threads=args.threads)
-            qat_h = evaluate_model(outcome.model, held_out) if outcome.improved else ptq_h
-            run = dict(model=Path(model_name).name, target=target, fp32=fp32_h, ptq=ptq_h, qat=qat_h,
-                       ptq_iou=outcome.ptq_iou, qat_iou=outcome.best_iou, best_step=outcome.best_step,
-                       steps=outcome.steps, seconds=outcome.seconds, improved=outcome.improved,
-                       history=outcome.history)
-            figures["runs"].append(run)
+            corrected, report = correct_biases(fp32, ptq, calibration, threads=args.threads)
+            bc_h = evaluate_model(corrected, held_out)
+            run = dict(model=Path(model_name).name, target=target, fp32=fp32_h, ptq=ptq_h, bc=bc_h,
+                       bc_seconds=report.seconds, bc_corrected=report.corrected, bc_skipped=len(report.skipped))
             row = (f"| {run['model']} | {target} | {fp32_h:.4f} | {ptq_h:.4f} ({(ptq_h - fp32_h) * 100:+.2f}) | "
-                   f"{qat_h:.4f} ({(qat_h - fp32_h) * 100:+.2f}) | {outcome.ptq_iou:.4f} -> {outcome.best_iou:.4f} | "
-                   f"{outcome.best_step}/{outcome.steps} | {outcome.seconds:.0f} |")
+                   f"{bc_h:.4f} ({(bc_h - fp32_h) * 100:+.2f}) | {report.seconds:.0f} |")
+            if not args.no_qat:
+                outcome = distill_int8(fp32, corrected, calibration, steps=args.steps, lr=args.lr, crop=args.crop,
+                                       scale_lr=args.scale_lr, seed=args.seed, threads=args.threads)
+                qat_h = evaluate_model(outcome.model, held_out) if outcome.improved else bc_h
+                run.update(qat=qat_h, start_iou=outcome.ptq_iou, qat_iou=outcome.best_iou,
+                           best_step=outcome.best_step, steps=outcome.steps, seconds=outcome.seconds,
+                           improved=outcome.improved, history=outcome.history)
+                row += (f" {qat_h:.4f} ({(qat_h - fp32_h) * 100:+.2f}) | {outcome.ptq_iou:.4f} -> "
+                        f"{outcome.best_iou:.4f} | {outcome.best_step}/{outcome.steps} | {outcome.seconds:.0f} |")
+            figures["runs"].append(run)
             rows.append(row)
             print(row, flush=True)
-    print("| model | target | FP32 H | post-training H (ΔH) | QAT H (ΔH) | held-back map IoU | best step / run | QAT s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | target | FP32 H | post-training H (ΔH) | bias-corrected H (ΔH) | correction s |"
+          + ("" if args.no_qat else " QAT H (ΔH) | held-back map IoU | best step / run | QAT s |"))
+    print("|---|---|---|---|---|---|" + ("" if args.no_qat else "---|---|---|---|"))
     print("\n".join(rows))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -481,6 +481,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         else:
             result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude,
                                    full_range_weights=args.full_range_weights)
+            if not args.no_bias_correction:
+                from edgedb.precision.bias_correction import correct_biases
+
+                result, report = correct_biases(model, result, images, limit_side_len=args.limit_side_len,
+                                                limit_type=args.limit_type, input_size=args.input_size)
+                print(f"bias correction: {report.corrected} convolutions given FP32's output means on "
+                      f"{report.frames} calibration images ({report.seconds:.0f} s)")
             if args.qat:
                 result = _quantization_aware(args, model, result, images)
     onnx.save(result, str(args.output))
@@ -490,16 +497,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _quantization_aware(args: argparse.Namespace, model, quantized, images):
-    """--qat: the distilled model, or the post-training one when distillation did not help."""
+    """--qat: the distilled model, or the one it started from when distillation did not help."""
     from edgedb.train.qat import distill_int8
 
     outcome = distill_int8(model, quantized, images, steps=args.steps, limit_side_len=args.limit_side_len,
                            limit_type=args.limit_type, input_size=args.input_size)
     print(f"quantization-aware training: binarized-map IoU against FP32 on {outcome.held_back} held-back images "
-          f"{outcome.ptq_iou:.4f} (post-training) -> {outcome.best_iou:.4f} (step {outcome.best_step} of "
+          f"{outcome.ptq_iou:.4f} (start) -> {outcome.best_iou:.4f} (step {outcome.best_step} of "
           f"{outcome.steps}, {outcome.seconds:.0f} s)")
     if not outcome.improved:
-        print("no trained model beat the post-training one on the held-back images: writing the post-training model")
+        print("no trained model beat the one it started from on the held-back images: writing that one")
         return quantized
     print("a closer map is not always a better hmean: check the model with `edgedb compare` on labelled images")
     return outcome.model
@@ -781,6 +788,10 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--full-range-weights", action="store_true",
                           help="--target cpu: 8-bit instead of 7-bit weights, for CPUs with VNNI or ARM dot products "
                                "(x86 without VNNI saturates them)")
+    quantize.add_argument("--no-bias-correction", action="store_true",
+                          help="int8: keep the post-training biases (by default each convolution's bias is moved so "
+                          "its per-channel output means are FP32's on the calibration images: "
+                          "edgedb.precision.correct_biases)")
     quantize.add_argument("--qat", action="store_true",
                           help="then quantization-aware training by distillation: train the INT8 weights so the map "
                           "matches FP32's on the calibration images (edgedb.train.qat.distill_int8; needs the "
@@ -894,8 +905,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-gt", type=Path, help="validation ground truth")
     train.add_argument("--base", default="ppocrv4-det", help="zoo name or DBNet ONNX to start from (default ppocrv4-det)")
     train.add_argument("--steps", type=_count, default=200, help="optimizer steps (default 200)")
-    train.add_argument("--batch-size", type=_bounded_int(1, 1024), default=4, help="crops per step (default 4)")
-    train.add_argument("--crop", type=_bounded_int(32, MAX_SIDE), default=512, help="crop side in pixels (default 512)")
+    train.add_argument("--batch-size", type=_bounded_int(1, 1024), default=8, help="crops per step (default 8)")
+    train.add_argument("--crop", type=_bounded_int(32, MAX_SIDE), default=384, help="crop side in pixels (default 384)")
     train.add_argument("--lr", type=_bounded_float(0, 10, open_low=True), default=3e-4, help="peak learning rate of Adam (default 3e-4)")
     train.add_argument("--scale", type=float, nargs=2, default=(0.7, 1.4), metavar=("MIN", "MAX"),
                        help="random scale range of the crops; 1 is the size the detector runs at (default 0.7 1.4)")

@@ -402,7 +402,9 @@ def distill_int8(
 
     Args:
         float_model: the deployable FP32 ModelProto ``quantized`` came from.
-        quantized: the Q/DQ ModelProto ``quantize_int8`` wrote (either target).
+        quantized: the Q/DQ ModelProto ``quantize_int8`` wrote (either target), best
+            after ``correct_biases`` (as ``edgedb quantize --qat`` does): training starts
+            from it, and it is what a trained model must beat.
         images: calibration images; ``held_back`` of them (default: a tenth, 2 to 10) are
             kept out of training to measure map agreement.
         steps, batch_size, crop: optimizer steps, crops per step, crop side (pixels,
