@@ -481,7 +481,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         else:
             result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude,
                                    full_range_weights=args.full_range_weights)
-            if not args.no_bias_correction:
+            if args.bias_correction:
                 from edgedb.precision.bias_correction import correct_biases
 
                 result, report = correct_biases(model, result, images, limit_side_len=args.limit_side_len,
@@ -788,10 +788,10 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--full-range-weights", action="store_true",
                           help="--target cpu: 8-bit instead of 7-bit weights, for CPUs with VNNI or ARM dot products "
                                "(x86 without VNNI saturates them)")
-    quantize.add_argument("--no-bias-correction", action="store_true",
-                          help="int8: keep the post-training biases (by default each convolution's bias is moved so "
-                          "its per-channel output means are FP32's on the calibration images: "
-                          "edgedb.precision.correct_biases)")
+    quantize.add_argument("--bias-correction", action="store_true",
+                          help="int8: then move each convolution's bias so its per-channel output means are FP32's on "
+                          "the calibration images (edgedb.precision.correct_biases); helps some models, hurts others: "
+                          "check with edgedb compare")
     quantize.add_argument("--qat", action="store_true",
                           help="then quantization-aware training by distillation: train the INT8 weights so the map "
                           "matches FP32's on the calibration images (edgedb.train.qat.distill_int8; needs the "

@@ -64,10 +64,11 @@ def test_channel_means_come_back_to_fp32(unbiased_fp32, quantized, calib_images,
                                        progress=False)
     convs = [n for n in corrected.graph.node if n.op_type == "Conv"]
     assert report.corrected + len(report.skipped) == len(convs)
-    assert report.corrected >= len(convs) * 0.8
+    assert report.corrected >= len(convs) * 0.75  # the CPU target leaves Relus to output ranges
     assert report.frames == len(calib_images) and report.runs < report.corrected
     float_convs = {n.output[0] for n in unbiased_fp32.graph.node if n.op_type == "Conv"}
-    names = [n.output[0] for n in convs if n.output[0] in float_convs]
+    left = {name for name, _ in report.skipped}
+    names = [n.output[0] for n in convs if n.output[0] in float_convs and n.name not in left]
     assert len(names) == report.corrected
     frames = list(prepared_frames(calib_images, limit_side_len=736, limit_type="min", input_size=SIZE))
     reference = conv_means(unbiased_fp32, names, frames)
@@ -134,3 +135,24 @@ def test_arguments_are_checked(unbiased_fp32, quantized, calib_images):
         correct_biases(renamed, quantized["tensorrt"], calib_images, progress=False)
     with pytest.raises(ModelError, match="edgedb quantize"):
         correct_biases(unbiased_fp32, onnx.ModelProto(), calib_images, progress=False)
+
+
+def test_quantize_cli_bias_correction(calib_images, tmp_path, capsys):
+    from edgedb.cli import main
+
+    out = tmp_path / "int8-bc.onnx"
+    code = main(["quantize", "ppocrv4-det", "--calib", str(calib_images[0].parent), "--bias-correction",
+                 "--target", "cpu", "--input-size", f"{SIZE[0]}x{SIZE[1]}", "--cache", str(tmp_path),
+                 "-o", str(out)])
+    assert code == 0
+    assert "bias correction:" in capsys.readouterr().out
+    precision = {p.key: p.value for p in onnx.load(str(out)).metadata_props}[PRECISION_KEY]
+    assert precision == "int8-cpu-percentile" + BIAS_CORRECTION_SUFFIX
+
+
+def test_the_logits_convolution_is_left_alone(unbiased_fp32, quantized, calib_images):
+    """Most of the map is background, deep in the sigmoid's flat tail: the mean of its
+    logits says nothing about the text's."""
+    model = quantized["tensorrt"]
+    _, report = correct_biases(unbiased_fp32, model, calib_images, input_size=SIZE, frames=1, progress=False)
+    assert [why for _, why in report.skipped] == ["it makes the map's logits"]

@@ -181,20 +181,18 @@ def test_file_sha256(tmp_path):
 
 def test_engine_cache_key_changes_with_everything_an_engine_depends_on():
     base = dict(source_sha256="a" * 64, spec_json="{}", precision="int8", method="percentile", calibration="c",
-                profile=limit_profile(), device=DEVICE, edgedb_version="0.1.0", rewrite_revision=5, options={},
-                quantization_revision=2)
+                profile=limit_profile(), device=DEVICE, edgedb_version="0.1.0", rewrite_revision=5, options={})
     key = engine_cache_key(**base)
     assert key == engine_cache_key(**base) and len(key) == 24
     changes = dict(source_sha256="b" * 64, spec_json='{"a": 1}', precision="best", method="entropy",
                    calibration="d", profile=static_profile((736, 1312)),
                    device=DeviceInfo("10.3.0.30", "Orin", (8, 7)), edgedb_version="0.2.0", rewrite_revision=6,
-                   options={"workspace": 256}, quantization_revision=3)
+                   options={"workspace": 256})
     for name, value in changes.items():
         assert engine_cache_key(**{**base, name: value}) != key, name
     # the range method does not matter for FP16
     fp16 = {**base, "precision": "fp16"}
     assert engine_cache_key(**fp16) == engine_cache_key(**{**fp16, "method": "max"})
-    assert engine_cache_key(**fp16) == engine_cache_key(**{**fp16, "quantization_revision": 1})
 
 
 # -- version gates ------------------------------------------------------------------------------------

@@ -307,7 +307,6 @@ def cached_build(
     from edgedb.engine.precision import model_precision, precision_model
     from edgedb.graph.rewrite import REWRITE_REVISION
     from edgedb.models import cache_dir, resolve_model
-    from edgedb.precision.int8 import QUANTIZATION_REVISION
     from edgedb.precision.calibration import calibration_images
     from edgedb.spec import spec_from_metadata
 
@@ -324,7 +323,6 @@ def cached_build(
         source_sha256=source_sha256, spec_json=spec_from_metadata(deployable).to_json(), precision=final_precision,
         method=method, calibration=calibration_identity(images), profile=profile, device=info,
         edgedb_version=__version__, rewrite_revision=REWRITE_REVISION, options=options.recorded(),
-        quantization_revision=QUANTIZATION_REVISION,
     )
     engine_path = cached_engine_path(cache_dir(), path.stem, final_precision, key)
     if usable_cached_engine(engine_path, info):

@@ -44,14 +44,12 @@ def engine_cache_key(
     edgedb_version: str,
     rewrite_revision: int,
     options: Optional[dict] = None,
-    quantization_revision: int = 0,
 ) -> str:
     """A short hex key; any change in what an engine depends on changes it."""
     fields = [
         source_sha256, spec_json, precision, method if precision in ("int8", "best") else "", calibration,
         repr(profile.to_dict()), device.tensorrt_version, device.gpu_name, repr(tuple(device.compute_capability)),
         edgedb_version, str(rewrite_revision), repr(sorted((options or {}).items())),
-        str(quantization_revision) if precision in ("int8", "best") else "",
     ]
     return hashlib.sha256("\x1f".join(fields).encode()).hexdigest()[:24]
 

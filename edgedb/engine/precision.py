@@ -40,7 +40,6 @@ def precision_model(
     limit_type: str = "min",
     input_size: Optional[tuple[int, int]] = None,
     cache_dir: Optional[Path] = None,
-    bias_correction: bool = True,
 ):
     """A deployable ModelProto in ``precision`` (default: the model's own).
 
@@ -52,8 +51,6 @@ def precision_model(
         limit_side_len, limit_type, input_size: how calibration frames are prepared (as
             the detector will prepare frames at run time).
         cache_dir: calibration statistics cache (default ``calibration/cache``).
-        bias_correction: int8: give each convolution FP32's per-channel output means on
-            the calibration images (``edgedb.precision.correct_biases``).
 
     Raises:
         InvalidInputError: unknown precision, a model already in another reduced precision,
@@ -85,13 +82,7 @@ def precision_model(
     if precision == "int8":
         from edgedb.precision.int8 import quantize_int8
 
-        quantized = quantize_int8(model, stats, target="tensorrt", method=method)
-        if not bias_correction:
-            return quantized
-        from edgedb.precision.bias_correction import correct_biases
-
-        return correct_biases(model, quantized, images, limit_side_len=limit_side_len, limit_type=limit_type,
-                              input_size=input_size)[0]
+        return quantize_int8(model, stats, target="tensorrt", method=method)
     from edgedb.precision import quantize_best
 
     return quantize_best(model, stats, method=method)

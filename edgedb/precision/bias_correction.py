@@ -7,15 +7,23 @@ empirical bias correction of their section 4.2). Depthwise convolutions, few inp
 output, feel it most; PP-OCRv5 mobile det's channel means moved by up to a third of their
 range after post-training quantization.
 
-The cure is cheap and needs no training: run the float model and the quantized model on
+The correction needs no training: run the float model and the quantized model on
 calibration frames, and add the difference of each output channel's mean to the
-convolution's bias. Each convolution is measured with the corrections of every convolution before it in
-place: a layer's shift is partly its inputs' shift, which the earlier corrections remove,
-so correcting every layer from one run over-corrects (on PP-OCRv5 det the shifts grew
-from 3 to 79 that way), and so does correcting a few at a time. One run of the quantized
-model serves the convolutions that do not depend on each other (one level of the graph:
-43 runs for PP-OCRv4 det's 64 convolutions), each run cut after the convolutions it
-measures.
+convolution's bias. Each convolution is measured with the corrections of every
+convolution before it in place: a layer's shift is partly its inputs' shift, which the
+earlier corrections remove, so correcting every layer from one run over-corrects (on
+PP-OCRv5 det the shifts grew from 3 to 79 that way), and so does correcting a few at a
+time. One run of the quantized model serves the convolutions that do not depend on each
+other (one level of the graph: 43 runs for PP-OCRv4 det's 64 convolutions), each run cut
+after the convolutions it measures.
+
+It is a heuristic, and off by default (``edgedb quantize --bias-correction``). The means
+are taken over whole frames, mostly background, and the error is not the same
+everywhere: noise rectified by the activations lifts the background's mean more than the
+text's, so matching the means tends to lower the text's activations too. On the base
+PP-OCR models that costs a few of their many false line boxes and hmean rises; on a model
+fine-tuned on words it cost recall (bench/RESULTS.md). Measure the result with
+``edgedb compare``.
 
 The Q/DQ graph keeps its form: float biases (the TensorRT target) are changed in place,
 int32 biases (the CPU target) move on their own grid, and a convolution without a bias
@@ -101,6 +109,25 @@ def _levels(graph, biases: list) -> list:
     for bias in biases:
         grouped.setdefault(level(bias.node.output[0]), []).append(bias)
     return [grouped[key] for key in sorted(grouped)]
+
+
+# Nodes that only move values around (or quantize them) between the last convolution and
+# the Sigmoid.
+_PASS_THROUGH = ("DepthToSpace", "Reshape", "Transpose", "Identity", "QuantizeLinear", "DequantizeLinear")
+
+
+def _logit_convs(graph, producers: dict) -> set:
+    """Outputs of the convolutions that make the Sigmoid's input (the logits)."""
+    found = set()
+    for node in graph.node:
+        if node.op_type != "Sigmoid":
+            continue
+        producer = producers.get(node.input[0])
+        while producer is not None and producer.op_type in _PASS_THROUGH:
+            producer = producers.get(producer.input[0])
+        if producer is not None and producer.op_type == "Conv":
+            found.add(producer.output[0])
+    return found
 
 
 def _truncated(model, outputs: Sequence[str]):
@@ -262,9 +289,15 @@ def correct_biases(
     float_producers = {o: n.op_type for n in float_model.graph.node for o in n.output}
     producers = {o: n for n in graph.node for o in n.output}
     initializers = _initializers(graph)
+    logits = _logit_convs(graph, producers)
     biases, skipped = [], []
     for node in graph.node:
         if node.op_type != "Conv":
+            continue
+        if node.output[0] in logits:
+            # Most of a map is background, where the logits sit deep in the sigmoid's flat
+            # tail and their errors do not matter; their mean would move the text's logits.
+            skipped.append((node.name, "it makes the map's logits"))
             continue
         made_by = float_producers.get(node.output[0])
         if made_by != "Conv":

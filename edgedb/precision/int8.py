@@ -37,9 +37,6 @@ from edgedb.spec import PRECISION_KEY
 
 log = logging.getLogger(__name__)
 
-# What edgedb's INT8 models are made of, for engine caches: 1, post-training Q/DQ; 2, the
-# same with bias correction (edgedb.precision.bias_correction), the default since.
-QUANTIZATION_REVISION = 2
 METHODS = ("max", "percentile", "entropy", "mse")
 TARGETS = ("tensorrt", "cpu")
 # Largest |int8 weight| of the CPU target: 7 bits, as ONNX Runtime's reduce_range makes them.
