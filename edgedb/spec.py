@@ -94,6 +94,14 @@ def store_spec(model, spec: ModelSpec) -> None:
     entry.key, entry.value = METADATA_KEY, spec.to_json()
 
 
+def append_to_precision(model, suffix: str) -> None:
+    """Appends ``suffix`` (once) to an ``onnx.ModelProto``'s precision metadata: what a
+    later step did to an already quantized model ("-bc", "-qat")."""
+    for prop in model.metadata_props:
+        if prop.key == PRECISION_KEY and not prop.value.endswith(suffix):
+            prop.value += suffix
+
+
 def guess_spec(model, base: Optional[ModelSpec] = None) -> ModelSpec:
     """A spec for an export without one: its only image input, and the output that looks
     like a probability map (produced by a Sigmoid, or the first 1-channel output).

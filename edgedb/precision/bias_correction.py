@@ -153,7 +153,7 @@ def _truncated(model, outputs: Sequence[str]):
 class _Bias:
     """Where a quantized convolution's bias lives, and how to move it by a float delta."""
 
-    def __init__(self, quantized, node, producers: dict, initializers: dict):
+    def __init__(self, quantized, node, producers: dict, initializers: dict, int32_biases: bool):
         from onnx import numpy_helper
 
         self.node, self.kind, self.why = node, None, ""
@@ -165,7 +165,7 @@ class _Bias:
             input_dq = producers.get(node.input[0])
             self._int32 = bool(weight_dq is not None and weight_dq.op_type == "DequantizeLinear"
                                and input_dq is not None and input_dq.op_type == "DequantizeLinear"
-                               and _int32_biases(quantized))
+                               and int32_biases)
             if self._int32:
                 self._grid = (_scale(input_dq, initializers) * _scale(weight_dq, initializers)).astype(np.float32)
             return
@@ -191,19 +191,18 @@ class _Bias:
         if self.kind == "missing":
             graph, name = self._model.graph, f"{self.node.name or self.node.output[0]}/bias_correction"
             if self._int32:
-                graph.initializer.append(numpy_helper.from_array(np.zeros(delta.shape, np.int32), f"{name}_quantized"))
+                self.kind, self._name = "int32", f"{name}_quantized"
+                graph.initializer.append(numpy_helper.from_array(np.zeros(delta.shape, np.int32), self._name))
+                self._initializers[self._name] = graph.initializer[-1]
                 graph.initializer.append(numpy_helper.from_array(self._grid.reshape(-1), f"{name}_scale"))
                 # Before the convolution: parsers read nodes in order.
-                position = list(graph.node).index(self.node)
-                graph.node.insert(position, helper.make_node(
-                    "DequantizeLinear", [f"{name}_quantized", f"{name}_scale"], [name],
+                graph.node.insert(list(graph.node).index(self.node), helper.make_node(
+                    "DequantizeLinear", [self._name, f"{name}_scale"], [name],
                     name=f"{name}_DequantizeLinear", axis=0))
-                self.node = graph.node[position + 1]
-                self.kind, self._name = "int32", f"{name}_quantized"
             else:
-                graph.initializer.append(numpy_helper.from_array(np.zeros(delta.shape, np.float32), name))
                 self.kind, self._name = "float", name
-            self._initializers[self._name] = graph.initializer[-1 if self.kind == "float" else -2]
+                graph.initializer.append(numpy_helper.from_array(np.zeros(delta.shape, np.float32), name))
+                self._initializers[self._name] = graph.initializer[-1]
             if len(self.node.input) > 2:
                 self.node.input[2] = name
             else:
@@ -225,13 +224,12 @@ def _scale(dequantize, initializers: dict) -> np.ndarray:
     return numpy_helper.to_array(initializers[dequantize.input[1]]).astype(np.float64).reshape(-1)
 
 
-def _int32_biases(model) -> bool:
-    """True when the model's convolutions take int32 biases (the CPU target)."""
-    from onnx import numpy_helper
+def _int32_biases(graph, initializers: dict) -> bool:
+    """True when the graph's convolutions take int32 biases (the CPU target)."""
+    from onnx import TensorProto
 
-    initializers = _initializers(model.graph)
     return any(n.op_type == "DequantizeLinear" and n.input[0] in initializers
-               and numpy_helper.to_array(initializers[n.input[0]]).dtype == np.int32 for n in model.graph.node)
+               and initializers[n.input[0]].data_type == TensorProto.INT32 for n in graph.node)
 
 
 def correct_biases(
@@ -272,7 +270,7 @@ def correct_biases(
 
     from edgedb.backends.onnxrt import session_options
     from edgedb.precision.calibration import ACTIVATION_BUDGET, _ExposedActivations, prepared_frames
-    from edgedb.spec import PRECISION_KEY, spec_from_metadata
+    from edgedb.spec import append_to_precision, spec_from_metadata
 
     begin = time.perf_counter()
     images = [Path(p) for p in images]
@@ -290,6 +288,7 @@ def correct_biases(
     producers = {o: n for n in graph.node for o in n.output}
     initializers = _initializers(graph)
     logits = _logit_convs(graph, producers)
+    int32_biases = _int32_biases(graph, initializers)
     biases, skipped = [], []
     for node in graph.node:
         if node.op_type != "Conv":
@@ -306,7 +305,7 @@ def correct_biases(
             why = "not a tensor of the float model" if made_by is None else f"made by a {made_by} in the float model"
             skipped.append((node.name, f"its output is {why}"))
             continue
-        bias = _Bias(corrected, node, producers, initializers)
+        bias = _Bias(corrected, node, producers, initializers, int32_biases)
         if bias.kind is None:
             skipped.append((node.name, bias.why))
         else:
@@ -347,9 +346,7 @@ def correct_biases(
             delta = reference[name] - current[name]
             shift = max(shift, float(np.abs(delta).max() / max(np.abs(reference[name]).max(), 1e-12)))
             bias.add(delta)
-    for prop in corrected.metadata_props:
-        if prop.key == PRECISION_KEY and not prop.value.endswith(BIAS_CORRECTION_SUFFIX):
-            prop.value += BIAS_CORRECTION_SUFFIX
+    append_to_precision(corrected, BIAS_CORRECTION_SUFFIX)
     report = BiasCorrectionReport(len(biases), skipped, len(prepared), len(groups),
                                   time.perf_counter() - begin, shift)
     log.info("bias correction: %d convolutions corrected, %d left (%s), %d frames, %d runs, %.1f s; "

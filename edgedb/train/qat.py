@@ -269,7 +269,7 @@ def export_qdq(module, graph: FakeQuantGraph, quantized):
     import onnx
     from onnx import numpy_helper
 
-    from edgedb.spec import PRECISION_KEY
+    from edgedb.spec import append_to_precision
 
     exported = onnx.ModelProto()
     exported.CopyFrom(quantized)
@@ -300,9 +300,7 @@ def export_qdq(module, graph: FakeQuantGraph, quantized):
         units = value if latent.integer_units else value.astype(np.float64) / latent.scale
         integers = np.clip(np.round(units), latent.qmin, latent.qmax).astype(latent.dtype)
         initializers[latent.target].CopyFrom(numpy_helper.from_array(integers, latent.target))
-    for prop in exported.metadata_props:
-        if prop.key == PRECISION_KEY and not prop.value.endswith(QAT_SUFFIX):
-            prop.value += QAT_SUFFIX
+    append_to_precision(exported, QAT_SUFFIX)
     return exported
 
 
