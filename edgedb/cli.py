@@ -444,6 +444,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         raise EdgeDBError(f"{args.precision} needs a calibration set: --calib DIR (a folder of images) or a list file")
     if args.qat and args.precision != "int8":
         raise EdgeDBError("--qat trains INT8 models: use it with --precision int8 (the default)")
+    if args.qat and args.bias_correction and args.no_bias_correction:
+        raise EdgeDBError("--bias-correction and --no-bias-correction contradict each other: give one")
+    if args.no_bias_correction and not args.qat:
+        raise EdgeDBError("--no-bias-correction is for --qat (without --qat, bias correction is off unless "
+                          "--bias-correction asks for it)")
     if args.precision == "best" and (args.target != "tensorrt" or args.full_range_weights):
         raise EdgeDBError("--precision best is for TensorRT (INT8 convolutions, float16 between them); "
                           "leave out --target cpu and --full-range-weights")
@@ -481,7 +486,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         else:
             result = quantize_int8(model, stats, target=args.target, method=args.method, exclude=exclude,
                                    full_range_weights=args.full_range_weights)
-            if args.bias_correction:
+            if args.bias_correction and not args.qat:  # --qat tries it and keeps it when it helps
                 from edgedb.precision.bias_correction import correct_biases
 
                 result, report = correct_biases(model, result, images, limit_side_len=args.limit_side_len,
@@ -501,14 +506,18 @@ def _quantization_aware(args: argparse.Namespace, model, quantized, images):
     from edgedb.train.qat import distill_int8
 
     outcome = distill_int8(model, quantized, images, steps=args.steps, limit_side_len=args.limit_side_len,
-                           limit_type=args.limit_type, input_size=args.input_size)
-    print(f"quantization-aware training: binarized-map IoU against FP32 on {outcome.held_back} held-back images "
-          f"{outcome.ptq_iou:.4f} (start) -> {outcome.best_iou:.4f} (step {outcome.best_step} of "
-          f"{outcome.steps}, {outcome.seconds:.0f} s)")
+                           limit_type=args.limit_type, input_size=args.input_size,
+                           bias_correction=not args.no_bias_correction)
+    print(f"agreement with FP32 on {outcome.held_back} held-back images (boxes: hmean against FP32's boxes; "
+          f"IoU: binarized maps): post-training {outcome.ptq}"
+          + (f", bias-corrected {outcome.corrected}" if outcome.corrected else ""))
+    print(f"quantization-aware training from the {outcome.start} model: best {outcome.best} "
+          f"(step {outcome.best_step} of {outcome.steps}, {outcome.seconds:.0f} s)")
     if not outcome.improved:
-        print("no trained model beat the one it started from on the held-back images: writing that one")
+        print("nothing beat the post-training model on the held-back images: writing that one")
         return quantized
-    print("a closer map is not always a better hmean: check the model with `edgedb compare` on labelled images")
+    if outcome.best_step == 0:
+        print("no trained step beat the bias-corrected model: writing that one")
     return outcome.model
 
 
@@ -791,11 +800,15 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--bias-correction", action="store_true",
                           help="int8: then move each convolution's bias so its per-channel output means are FP32's on "
                           "the calibration images (edgedb.precision.correct_biases); helps some models, hurts others: "
-                          "check with edgedb compare")
+                          "check with edgedb compare, or use --qat, which tries it and keeps it only when it helps")
     quantize.add_argument("--qat", action="store_true",
                           help="then quantization-aware training by distillation: train the INT8 weights so the map "
                           "matches FP32's on the calibration images (edgedb.train.qat.distill_int8; needs the "
-                          "train extra, PyTorch); writes the post-training model if training does not help")
+                          "train extra, PyTorch); starts from the post-training or the bias-corrected model, whichever "
+                          "agrees better with FP32 on held-back images, and writes the post-training model if "
+                          "nothing beats it there")
+    quantize.add_argument("--no-bias-correction", action="store_true",
+                          help="--qat: do not try the bias correction; start from the post-training model")
     quantize.add_argument("--steps", type=_count, default=300, help="--qat: optimizer steps (default 300)")
     quantize.add_argument("--cache", type=Path, default=None,
                           help="calibration statistics cache folder (default calibration/cache)")

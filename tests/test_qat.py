@@ -22,6 +22,7 @@ from edgedb.spec import PRECISION_KEY  # noqa: E402
 from edgedb.synthetic import make_text_image  # noqa: E402
 from edgedb.train.qat import (  # noqa: E402
     QAT_SUFFIX,
+    Agreement,
     binary_iou,
     distill_int8,
     distillation_loss,
@@ -141,17 +142,52 @@ def test_binary_iou():
     assert binary_iou([np.zeros((2, 2))], [np.zeros((2, 2))]) == 1.0
 
 
+def test_box_agreement():
+    from edgedb.precision.compare import box_agreement
+
+    reference = np.zeros((96, 160), np.float32)
+    reference[20:32, 10:70] = 0.9  # two words
+    reference[60:72, 40:140] = 0.9
+    same = reference.copy()
+    same[20, 10:70] = 0.2  # a border row lost: every box kept
+    merged = reference.copy()
+    merged[32:60, 40:70] = 0.9  # the two words joined into one region
+    extra = reference.copy()
+    extra[80:90, 5:40] = 0.9  # a false word
+    assert box_agreement([same], [reference]) == 1.0 and binary_iou([same], [reference]) < 1.0
+    assert box_agreement([merged], [reference]) == 0.0  # one box that matches neither word
+    assert box_agreement([extra], [reference]) == pytest.approx(2 * (2 / 3) / (2 / 3 + 1))
+    assert box_agreement([np.zeros_like(reference)], [np.zeros_like(reference)]) == 1.0
+    with pytest.raises(InvalidInputError, match="2 maps against 1"):
+        box_agreement([same, same], [reference])
+
+
 def test_distill_int8_runs_and_never_returns_a_worse_model(fp32, quantized, calib_dir):
     images = calibration_images(calib_dir)
     result = distill_int8(fp32, quantized["tensorrt"], images, steps=3, batch_size=2, crop=96, held_back=2,
                           val_every=1, input_size=SIZE, progress=False, threads=1)
     assert result.held_back == 2 and result.steps <= 3 and len(result.history) == result.steps
-    assert 0 <= result.ptq_iou <= 1 and result.best_iou >= result.ptq_iou
+    assert 0 <= result.ptq.boxes <= 1 and 0 <= result.ptq.iou <= 1 and result.best >= result.ptq
+    assert result.corrected is not None and result.start in ("post-training", "bias-corrected")
+    assert (result.start == "bias-corrected") == (result.corrected > result.ptq)
     if result.improved:
-        assert result.best_iou > result.ptq_iou and result.best_step >= 1
+        assert result.best > result.ptq and (result.best_step >= 1 or result.start == "bias-corrected")
         assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in quantized["tensorrt"].graph.node]
     else:
-        assert result.model is None and result.best_step == 0
+        assert result.model is None and result.best_step == 0 and result.best == result.ptq
+
+
+def test_distill_int8_without_bias_correction(fp32, quantized, calib_dir):
+    images = calibration_images(calib_dir)
+    result = distill_int8(fp32, quantized["cpu"], images, steps=2, batch_size=1, crop=96, held_back=2,
+                          bias_correction=False, input_size=SIZE, progress=False, threads=1)
+    assert result.corrected is None and result.start == "post-training"
+    assert result.improved == (result.best > result.ptq)
+
+
+def test_agreement_orders_boxes_first():
+    assert Agreement(0.9, 0.5) > Agreement(0.8, 0.99) > Agreement(0.8, 0.9)
+    assert "boxes 0.9000" in str(Agreement(0.9, 0.5))
 
 
 def test_distill_int8_errors(fp32, quantized, calib_dir):
@@ -170,7 +206,7 @@ def test_quantize_qat_cli(fp32, calib_dir, tmp_path, capsys):
                  "--input-size", f"{SIZE[0]}x{SIZE[1]}", "--cache", str(tmp_path), "-o", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "quantization-aware training" in printed and "IoU" in printed
+    assert "quantization-aware training" in printed and "IoU" in printed and "bias-corrected" in printed
     model = onnx.load(str(out))
     precision = {p.key: p.value for p in model.metadata_props}[PRECISION_KEY]
     assert precision.startswith("int8-tensorrt")
@@ -181,6 +217,16 @@ def test_qat_flag_needs_int8(calib_dir, tmp_path, capsys):
                  "-o", str(tmp_path / "x.onnx")])
     assert code != 0
     assert "--qat" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--no-bias-correction"], "is for --qat"),
+    (["--qat", "--bias-correction", "--no-bias-correction"], "contradict"),
+])
+def test_bias_correction_flags(calib_dir, tmp_path, capsys, flags, message):
+    code = main(["quantize", "ppocrv4-det", "--calib", str(calib_dir), *flags, "-o", str(tmp_path / "x.onnx")])
+    assert code != 0
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("target", ["tensorrt", "cpu"])

@@ -41,6 +41,31 @@ def binarized_overlap(prob: np.ndarray, reference: np.ndarray, threshold: float)
     return int(np.logical_and(above, reference_above).sum()), int(np.logical_or(above, reference_above).sum())
 
 
+def box_agreement(maps: Sequence[np.ndarray], references: Sequence[np.ndarray], **box_options) -> float:
+    """How well the boxes formed from ``maps`` reproduce those formed from ``references``
+    (the FP32 maps of the same frames): the ICDAR 2015 hmean of the first against the
+    second as ground truth, pooled over the frames; 1.0 when neither has a box.
+
+    This, not the binarized map's IoU, is what a detector's user sees: a quantized map
+    can lose IoU at every text border and keep every box, or keep most pixels and split,
+    merge or invent boxes. ``box_options`` go to ``boxes_from_prob`` (default: the
+    detector's).
+    """
+    from edgedb.boxes import boxes_from_prob
+    from edgedb.detector import DEFAULT_BOXES
+    from edgedb.evaluation import EvalResult, evaluate_image
+
+    if len(maps) != len(references):
+        raise InvalidInputError(f"{len(maps)} maps against {len(references)} reference maps")
+    options = {**DEFAULT_BOXES, **box_options}
+    images = [evaluate_image(boxes_from_prob(prob, **options), boxes_from_prob(reference, **options))
+              for prob, reference in zip(maps, references)]
+    result = EvalResult.from_images(images)
+    if not any(image.gt_care or image.det_care for image in images):
+        return 1.0
+    return result.hmean
+
+
 @dataclass
 class _MapFigures:
     """One model's probability maps against the reference's, summed image by image."""

@@ -22,9 +22,12 @@ empty rest of the map. ``export_qdq`` writes the trained integers into a copy of
 post-training model, so the result is the same kind of Q/DQ ONNX, node for node.
 
 Progress is measured where it counts: every few steps the model is exported and run by
-ONNX Runtime on held-back calibration frames, and the binarized map's IoU against FP32
-decides which weights are kept. ``distill_int8`` gives back no model when nothing beat the
-post-training one on those frames.
+ONNX Runtime on held-back calibration frames, and the boxes formed from its map are
+scored against those formed from FP32's (``box_agreement``, the binarized map's IoU
+breaking ties). The same measure chooses where training starts: the post-training model,
+or its bias correction (``correct_biases``) when that agrees better with FP32, since the
+correction is a heuristic that helps some DBNets and hurts others. ``distill_int8``
+gives back no model when nothing beat the post-training one on those frames.
 """
 
 from __future__ import annotations
@@ -341,23 +344,48 @@ def binary_iou(maps: Sequence[np.ndarray], references: Sequence[np.ndarray], thr
 # --- the loop ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, order=True)
+class Agreement:
+    """A model's map against FP32's on the held-back frames: ``boxes`` (box agreement,
+    compared first) and ``iou`` (the binarized maps' IoU)."""
+
+    boxes: float
+    iou: float
+
+    def __str__(self) -> str:
+        return f"boxes {self.boxes:.4f}, IoU {self.iou:.4f}"
+
+
 @dataclass
 class QatResult:
-    """``model``: the best exported Q/DQ model, or None when none beat the post-training
-    one on the held-back frames (``ptq_iou``: its binarized-map IoU against FP32)."""
+    """``model``: the best Q/DQ model, or None when none beat the post-training one on the
+    held-back frames. ``ptq``, ``corrected``, ``best``: the post-training model's, the
+    bias-corrected model's (None when not tried) and the chosen model's agreement with
+    FP32 there; ``start``: where training started ("post-training" or "bias-corrected");
+    ``best_step`` 0 when the chosen model is the start itself."""
 
-    ptq_iou: float
-    best_iou: float
+    ptq: Agreement
+    best: Agreement
     best_step: int
     steps: int
-    seconds: float  # the whole call: frames, teacher maps, training, measurements
+    seconds: float  # the whole call: frames, teacher maps, correction, training, measurements
     held_back: int
+    start: str = "post-training"
+    corrected: Optional[Agreement] = None
     model: Optional[object] = None
-    history: list = field(default_factory=list)  # (step, loss, IoU or None)
+    history: list = field(default_factory=list)  # (step, loss, Agreement or None)
 
     @property
     def improved(self) -> bool:
         return self.model is not None
+
+    @property
+    def ptq_iou(self) -> float:
+        return self.ptq.iou
+
+    @property
+    def best_iou(self) -> float:
+        return self.best.iou
 
 
 def _crop_origins(frame_shape, text: np.ndarray, size: tuple, rng) -> tuple:
@@ -385,6 +413,7 @@ def distill_int8(
     float_lr: float = 0.0,
     scale_lr: float = 1e-3,
     held_back: Optional[int] = None,
+    bias_correction: bool = True,
     val_every: Optional[int] = None,
     patience: int = 4,
     limit_side_len: int = 736,
@@ -400,11 +429,14 @@ def distill_int8(
 
     Args:
         float_model: the deployable FP32 ModelProto ``quantized`` came from.
-        quantized: the Q/DQ ModelProto ``quantize_int8`` wrote (either target), best
-            after ``correct_biases`` (as ``edgedb quantize --qat`` does): training starts
-            from it, and it is what a trained model must beat.
-        images: calibration images; ``held_back`` of them (default: a tenth, 2 to 10) are
-            kept out of training to measure map agreement.
+        quantized: the Q/DQ ModelProto ``quantize_int8`` wrote (either target): what a
+            trained model must beat.
+        images: calibration images; ``held_back`` of them (default: a fifth, 2 to 12) are
+            kept out of training (and out of the bias correction) to measure agreement
+            with FP32.
+        bias_correction: also correct ``quantized``'s biases (``correct_biases``, on
+            training images) and start from the corrected model when it agrees better
+            with FP32 on the held-back frames.
         steps, batch_size, crop: optimizer steps, crops per step, crop side (pixels,
             rounded down to the model's stride). 300 steps: 3 to 9 minutes on 2 CPU cores
             (early stopping ends most runs sooner; bench/RESULTS.md).
@@ -415,7 +447,7 @@ def distill_int8(
         scale_lr: learning rate of the activation scales (LSQ), relative to each scale; 0
             keeps the post-training scales.
         val_every: steps between measurements on the held-back frames (default steps / 10).
-        patience: stop after this many measurements without a better IoU.
+        patience: stop after this many measurements without a better agreement.
         limit_side_len, limit_type, input_size: how frames are made (as the detector will).
         threshold: the binarization threshold the IoU and loss use.
         threads: CPU threads (default: the free cores). device: "cpu" or "cuda".
@@ -431,6 +463,7 @@ def distill_int8(
 
     from edgedb.backends.onnxrt import OnnxRuntimeBackend
     from edgedb.precision.calibration import prepared_frames
+    from edgedb.precision.compare import box_agreement
     from edgedb.spec import spec_from_metadata
 
     begin = time.perf_counter()
@@ -451,7 +484,9 @@ def distill_int8(
     torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    held = held_back if held_back is not None else int(np.clip(round(len(images) / 10), 2, 10))
+    # A fifth held back: choosing among checkpoints on a handful of frames picked noise
+    # (bench/RESULTS.md: six frames' best map IoU was a worse hmean on fifty).
+    held = held_back if held_back is not None else int(np.clip(round(len(images) / 5), 2, 12))
     if not 1 <= held < len(images) - 1:
         raise InvalidInputError(f"held_back must leave at least 2 of the {len(images)} images for training")
     order = rng.permutation(len(images))
@@ -477,7 +512,25 @@ def distill_int8(
     if size[0] < stride:
         raise InvalidInputError(f"frames are smaller than the model's stride {stride}")
 
-    graph = fake_quant_graph(quantized)
+    def agreement(model) -> Agreement:
+        with OnnxRuntimeBackend(model, threads=threads) as session:
+            maps = [session.infer({spec.input_name: f})[spec.prob_output][0, 0] for f in check_frames]
+        return Agreement(box_agreement(maps, reference, thresh=threshold), binary_iou(maps, reference, threshold))
+
+    ptq = agreement(quantized)
+    start, start_name, corrected = quantized, "post-training", None
+    if bias_correction:
+        from edgedb.precision.bias_correction import correct_biases
+
+        candidate, _ = correct_biases(float_model, quantized, [images[i] for i in order[held:]],
+                                      limit_side_len=limit_side_len, limit_type=limit_type,
+                                      input_size=input_size, threads=threads, seed=seed, progress=progress)
+        corrected = agreement(candidate)
+        log.info("held-back agreement with FP32: post-training %s, bias-corrected %s", ptq, corrected)
+        if corrected > ptq:
+            start, start_name = candidate, "bias-corrected"
+
+    graph = fake_quant_graph(start)
     module = fake_quant_module(graph, learn_scales=scale_lr > 0).to(device)
     kinds = {"integer": [], "scale": [], "float": []}
     scale_names = set(graph.activation_scales)
@@ -501,18 +554,12 @@ def distill_int8(
         groups.append({"params": [param], "lr": rate, "base": rate})
     optimizer = torch.optim.Adam(groups)
 
-    def measure() -> tuple:
-        model = export_qdq(module, graph, quantized)
-        with OnnxRuntimeBackend(model, threads=threads) as session:
-            maps = [session.infer({spec.input_name: f})[spec.prob_output][0, 0] for f in check_frames]
-        return binary_iou(maps, reference, threshold), model
-
-    ptq_iou, _ = measure()
-    best_iou, best_step, best_model, misses = ptq_iou, 0, None, 0
+    best = max(ptq, corrected) if corrected is not None else ptq
+    best_step, best_model, misses = 0, (start if start is not quantized else None), 0
     val_every = val_every or max(1, steps // 10)
     history = []
     bar = tqdm(range(steps), desc="qat", unit="step", disable=not progress)
-    bar.set_postfix(iou=f"{ptq_iou:.4f}", best=f"{best_iou:.4f}")
+    bar.set_postfix(boxes=f"{best.boxes:.4f}", iou=f"{best.iou:.4f}")
     module.train(True)
     for step in bar:
         batch = np.empty((batch_size, *size, 3), np.uint8)
@@ -529,19 +576,21 @@ def distill_int8(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        iou = None
+        measured = None
         if (step + 1) % val_every == 0 or step + 1 == steps:
-            iou, model = measure()
-            if iou > best_iou:
-                best_iou, best_step, best_model, misses = iou, step + 1, model, 0
+            model = export_qdq(module, graph, start)
+            measured = agreement(model)
+            if measured > best:
+                best, best_step, best_model, misses = measured, step + 1, model, 0
             else:
                 misses += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}", iou=f"{iou:.4f}", best=f"{best_iou:.4f}")
-        history.append((step + 1, float(loss.item()), iou))
+            bar.set_postfix(loss=f"{loss.item():.4f}", boxes=f"{measured.boxes:.4f}", iou=f"{measured.iou:.4f}",
+                            best=f"{best.boxes:.4f}")
+        history.append((step + 1, float(loss.item()), measured))
         if misses >= patience:
-            log.info("stopping at step %d: no better map agreement in %d measurements", step + 1, patience)
+            log.info("stopping at step %d: no better agreement in %d measurements", step + 1, patience)
             break
     bar.close()
     fp32.close()
     seconds = time.perf_counter() - begin
-    return QatResult(ptq_iou, best_iou, best_step, len(history), seconds, held, best_model, history)
+    return QatResult(ptq, best, best_step, len(history), seconds, held, start_name, corrected, best_model, history)
