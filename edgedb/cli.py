@@ -494,6 +494,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 print(f"bias correction: {report.corrected} convolutions given FP32's output means on "
                       f"{report.frames} calibration images ({report.seconds:.0f} s)")
             if args.qat:
+                if args.bias_correction:
+                    print("--qat tries the bias correction itself and starts from it when it agrees better with FP32")
                 result = _quantization_aware(args, model, result, images)
     onnx.save(result, str(args.output))
     print(f"wrote {args.output} ({args.precision}{'' if args.precision == 'fp16' else ', ' + args.target + ', ' + args.method}"
@@ -507,7 +509,7 @@ def _quantization_aware(args: argparse.Namespace, model, quantized, images):
 
     outcome = distill_int8(model, quantized, images, steps=args.steps, limit_side_len=args.limit_side_len,
                            limit_type=args.limit_type, input_size=args.input_size,
-                           bias_correction=not args.no_bias_correction)
+                           bias_correction=not args.no_bias_correction, time_limit=args.time_limit)
     print(f"agreement with FP32 on {outcome.held_back} held-back images (boxes: hmean against FP32's boxes; "
           f"IoU: binarized maps): post-training {outcome.ptq}"
           + (f", bias-corrected {outcome.corrected}" if outcome.corrected else ""))
@@ -810,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--no-bias-correction", action="store_true",
                           help="--qat: do not try the bias correction; start from the post-training model")
     quantize.add_argument("--steps", type=_count, default=300, help="--qat: optimizer steps (default 300)")
+    quantize.add_argument("--time-limit", type=_bounded_float(0, open_low=True), default=600.0, metavar="SECONDS",
+                          help="--qat: stop training so the whole call ends within this many seconds (default 600)")
     quantize.add_argument("--cache", type=Path, default=None,
                           help="calibration statistics cache folder (default calibration/cache)")
     _add_input_size_arguments(quantize)

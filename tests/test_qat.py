@@ -185,6 +185,15 @@ def test_distill_int8_without_bias_correction(fp32, quantized, calib_dir):
     assert result.improved == (result.best > result.ptq)
 
 
+def test_distill_int8_stops_at_its_time_limit(fp32, quantized, calib_dir):
+    images = calibration_images(calib_dir)
+    result = distill_int8(fp32, quantized["tensorrt"], images, steps=50, batch_size=1, crop=96, held_back=2,
+                          bias_correction=False, time_limit=1e-3, input_size=SIZE, progress=False, threads=1)
+    assert result.steps == 1 and result.history[0][2] is not None  # one step, then a last measurement
+    with pytest.raises(InvalidInputError, match="time_limit"):
+        distill_int8(fp32, quantized["tensorrt"], images, time_limit=0, progress=False)
+
+
 def test_agreement_orders_boxes_first():
     assert Agreement(0.9, 0.5) > Agreement(0.8, 0.99) > Agreement(0.8, 0.9)
     assert "boxes 0.9000" in str(Agreement(0.9, 0.5))

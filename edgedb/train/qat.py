@@ -416,6 +416,7 @@ def distill_int8(
     bias_correction: bool = True,
     val_every: Optional[int] = None,
     patience: int = 4,
+    time_limit: Optional[float] = 600.0,
     limit_side_len: int = 736,
     limit_type: str = "min",
     input_size: Optional[tuple] = None,
@@ -438,8 +439,9 @@ def distill_int8(
             training images) and start from the corrected model when it agrees better
             with FP32 on the held-back frames.
         steps, batch_size, crop: optimizer steps, crops per step, crop side (pixels,
-            rounded down to the model's stride). 300 steps: 3 to 9 minutes on 2 CPU cores
-            (early stopping ends most runs sooner; bench/RESULTS.md).
+            rounded down to the model's stride). 300 steps take 1 to 2.2 s each on 2 CPU
+            cores; early stopping ends most runs sooner, ``time_limit`` the rest
+            (bench/RESULTS.md).
         lr: Adam's learning rate for the integer weights, in quantization steps.
         float_lr: Adam's learning rate for the weights the target keeps float (TensorRT's
             biases, ...) and int32 biases, relative to each tensor's mean magnitude; 0
@@ -448,6 +450,8 @@ def distill_int8(
             keeps the post-training scales.
         val_every: steps between measurements on the held-back frames (default steps / 10).
         patience: stop after this many measurements without a better agreement.
+        time_limit: seconds for the whole call; training stops with a last measurement
+            when the next one would end past it (None: no limit).
         limit_side_len, limit_type, input_size: how frames are made (as the detector will).
         threshold: the binarization threshold the IoU and loss use.
         threads: CPU threads (default: the free cores). device: "cpu" or "cuda".
@@ -473,6 +477,8 @@ def distill_int8(
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("crop", crop, 32),
                              ("patience", patience, 1)):
         integer_at_least(name, value, low)
+    if time_limit is not None and not time_limit > 0:
+        raise InvalidInputError(f"time_limit must be positive seconds or None, not {time_limit!r}")
     if not lr > 0 or not float_lr >= 0:
         raise InvalidInputError(f"lr must be positive and float_lr not negative, not {lr!r} and {float_lr!r}")
     spec = spec_from_metadata(quantized)
@@ -512,10 +518,15 @@ def distill_int8(
     if size[0] < stride:
         raise InvalidInputError(f"frames are smaller than the model's stride {stride}")
 
+    measure_seconds = [0.0]  # the last measurement's duration, to stop within time_limit
+
     def agreement(model) -> Agreement:
+        began = time.perf_counter()
         with OnnxRuntimeBackend(model, threads=threads) as session:
             maps = [session.infer({spec.input_name: f})[spec.prob_output][0, 0] for f in check_frames]
-        return Agreement(box_agreement(maps, reference, thresh=threshold), binary_iou(maps, reference, threshold))
+        measured = Agreement(box_agreement(maps, reference, thresh=threshold), binary_iou(maps, reference, threshold))
+        measure_seconds[0] = time.perf_counter() - began
+        return measured
 
     ptq = agreement(quantized)
     start, start_name, corrected = quantized, "post-training", None
@@ -577,7 +588,9 @@ def distill_int8(
         loss.backward()
         optimizer.step()
         measured = None
-        if (step + 1) % val_every == 0 or step + 1 == steps:
+        out_of_time = time_limit is not None and (
+            time.perf_counter() - begin + 2 * measure_seconds[0] >= time_limit)  # this step's and the export's
+        if (step + 1) % val_every == 0 or step + 1 == steps or out_of_time:
             model = export_qdq(module, graph, start)
             measured = agreement(model)
             if measured > best:
@@ -587,6 +600,9 @@ def distill_int8(
             bar.set_postfix(loss=f"{loss.item():.4f}", boxes=f"{measured.boxes:.4f}", iou=f"{measured.iou:.4f}",
                             best=f"{best.boxes:.4f}")
         history.append((step + 1, float(loss.item()), measured))
+        if out_of_time:
+            log.info("stopping at step %d: the time limit of %.0f s is near", step + 1, time_limit)
+            break
         if misses >= patience:
             log.info("stopping at step %d: no better agreement in %d measurements", step + 1, patience)
             break
