@@ -90,16 +90,16 @@ def main() -> int:
                                        scale_lr=args.scale_lr, seed=args.seed, threads=args.threads,
                                        bias_correction=not args.no_bias_correction)
                 qat_h = evaluate_model(outcome.model, held_out) if outcome.improved else ptq_h
-                corrected = outcome.corrected
+                choice = outcome.choice
                 run.update(qat=qat_h, start=outcome.start, ptq_agreement=vars(outcome.ptq),
-                           corrected_agreement=vars(corrected) if corrected else None,
+                           choice=[vars(choice[0]), vars(choice[1]), choice[2]] if choice else None,
                            best_agreement=vars(outcome.best), best_step=outcome.best_step, steps=outcome.steps,
                            seconds=outcome.seconds, improved=outcome.improved,
                            history=[(step, loss, vars(a) if a else None) for step, loss, a in outcome.history])
-                row += (f" {outcome.ptq.boxes:.3f} / {corrected.boxes if corrected else float('nan'):.3f} | "
-                        f"{outcome.start} | {outcome.best.boxes:.3f} ({outcome.best.iou:.3f}) | "
-                        f"{outcome.best_step}/{outcome.steps} | {qat_h:.4f} ({(qat_h - fp32_h) * 100:+.2f}) | "
-                        f"{outcome.seconds:.0f} |")
+                chosen = f"{choice[0].boxes:.3f} / {choice[1].boxes:.3f}" if choice else "-"
+                row += (f" {chosen} | {outcome.start} | {outcome.ptq.boxes:.3f} -> {outcome.best.boxes:.3f} "
+                        f"({outcome.best.iou:.3f}) | {outcome.best_step}/{outcome.steps} | "
+                        f"{qat_h:.4f} ({(qat_h - fp32_h) * 100:+.2f}) | {outcome.seconds:.0f} |")
             figures["runs"].append(run)
             rows.append(row)
             print(row, flush=True)
@@ -107,8 +107,9 @@ def main() -> int:
         print("| model | target | FP32 H | post-training H (ΔH) | bias-corrected H (ΔH) | correction s |")
         print("|---|---|---|---|---|---|")
     else:
-        print("| model | target | FP32 H | post-training H (ΔH) | held-back box agreement: post-training / corrected |"
-              " start | chosen: boxes (IoU) | best step / run | QAT H (ΔH) | QAT s |")
+        print("| model | target | FP32 H | post-training H (ΔH) | box agreement, frames the correction did not fit:"
+              " post-training / corrected | start | held-back box agreement: post-training -> chosen (IoU) |"
+              " best step / run | QAT H (ΔH) | QAT s |")
         print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if args.json:

@@ -510,11 +510,13 @@ def _quantization_aware(args: argparse.Namespace, model, quantized, images):
     outcome = distill_int8(model, quantized, images, steps=args.steps, limit_side_len=args.limit_side_len,
                            limit_type=args.limit_type, input_size=args.input_size,
                            bias_correction=not args.no_bias_correction, time_limit=args.time_limit)
-    print(f"agreement with FP32 on {outcome.held_back} held-back images (boxes: hmean against FP32's boxes; "
-          f"IoU: binarized maps): post-training {outcome.ptq}"
-          + (f", bias-corrected {outcome.corrected}" if outcome.corrected else ""))
-    print(f"quantization-aware training from the {outcome.start} model: best {outcome.best} "
-          f"(step {outcome.best_step} of {outcome.steps}, {outcome.seconds:.0f} s)")
+    if outcome.choice:
+        ptq, corrected, frames = outcome.choice
+        print(f"agreement with FP32 on {frames} calibration images (boxes: hmean against FP32's boxes; IoU: "
+              f"binarized maps): post-training {ptq}, bias-corrected {corrected}")
+    print(f"quantization-aware training from the {outcome.start} model; on {outcome.held_back} held-back images: "
+          f"post-training {outcome.ptq}, best {outcome.best} (step {outcome.best_step} of {outcome.steps}, "
+          f"{outcome.seconds:.0f} s)")
     if not outcome.improved:
         print("nothing beat the post-training model on the held-back images: writing that one")
         return quantized

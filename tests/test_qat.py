@@ -21,6 +21,7 @@ from edgedb.preprocess import prepare_fixed  # noqa: E402
 from edgedb.spec import PRECISION_KEY  # noqa: E402
 from edgedb.synthetic import make_text_image  # noqa: E402
 from edgedb.train.qat import (  # noqa: E402
+    CORRECTION_FRAMES,
     QAT_SUFFIX,
     Agreement,
     binary_iou,
@@ -167,11 +168,13 @@ def test_distill_int8_runs_and_never_returns_a_worse_model(fp32, quantized, cali
     result = distill_int8(fp32, quantized["tensorrt"], images, steps=3, batch_size=2, crop=96, held_back=2,
                           val_every=1, input_size=SIZE, progress=False, threads=1)
     assert result.held_back == 2 and result.steps <= 3 and len(result.history) == result.steps
-    assert 0 <= result.ptq.boxes <= 1 and 0 <= result.ptq.iou <= 1 and result.best >= result.ptq
-    assert result.corrected is not None and result.start in ("post-training", "bias-corrected")
-    assert (result.start == "bias-corrected") == (result.corrected > result.ptq)
+    assert 0 <= result.ptq.boxes <= 1 and 0 <= result.ptq.iou <= 1
+    ptq, corrected, frames = result.choice
+    assert frames == len(images) - min(CORRECTION_FRAMES, len(images) - 2)  # all but the correction's frames
+    assert result.start == ("bias-corrected" if corrected > ptq else "post-training")
     if result.improved:
-        assert result.best > result.ptq and (result.best_step >= 1 or result.start == "bias-corrected")
+        assert result.best_step >= 1 or result.start == "bias-corrected"
+        assert result.best > result.ptq or result.start == "bias-corrected"
         assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in quantized["tensorrt"].graph.node]
     else:
         assert result.model is None and result.best_step == 0 and result.best == result.ptq
@@ -181,7 +184,7 @@ def test_distill_int8_without_bias_correction(fp32, quantized, calib_dir):
     images = calibration_images(calib_dir)
     result = distill_int8(fp32, quantized["cpu"], images, steps=2, batch_size=1, crop=96, held_back=2,
                           bias_correction=False, input_size=SIZE, progress=False, threads=1)
-    assert result.corrected is None and result.start == "post-training"
+    assert result.choice is None and result.start == "post-training"
     assert result.improved == (result.best > result.ptq)
 
 
