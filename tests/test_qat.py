@@ -15,13 +15,13 @@ torch = pytest.importorskip("torch")
 
 from edgedb import InvalidInputError, ModelError  # noqa: E402
 from edgedb.cli import main  # noqa: E402
+from edgedb.precision.bias_correction import FRAMES  # noqa: E402
 from edgedb.precision.calibration import calibration_images, collect_stats  # noqa: E402
 from edgedb.precision.int8 import quantize_int8  # noqa: E402
 from edgedb.preprocess import prepare_fixed  # noqa: E402
 from edgedb.spec import PRECISION_KEY  # noqa: E402
 from edgedb.synthetic import make_text_image  # noqa: E402
 from edgedb.train.qat import (  # noqa: E402
-    CORRECTION_FRAMES,
     QAT_SUFFIX,
     Agreement,
     binary_iou,
@@ -170,7 +170,7 @@ def test_distill_int8_runs_and_never_returns_a_worse_model(fp32, quantized, cali
     assert result.held_back == 2 and result.steps <= 3 and len(result.history) == result.steps
     assert 0 <= result.ptq.boxes <= 1 and 0 <= result.ptq.iou <= 1
     ptq, corrected, frames = result.choice
-    assert frames == len(images) - min(CORRECTION_FRAMES, len(images) - 2)  # all but the correction's frames
+    assert frames == len(images) - min(FRAMES, len(images) - 2)  # all but the correction's frames
     assert result.start == ("bias-corrected" if corrected > ptq else "post-training")
     if result.improved:
         assert result.best_step >= 1 or result.start == "bias-corrected"

@@ -46,6 +46,7 @@ from edgedb.errors import InvalidInputError, ModelError
 log = logging.getLogger(__name__)
 
 BIAS_CORRECTION_SUFFIX = "-bc"  # appended to the model's precision metadata
+FRAMES = 12  # calibration frames a correction fits by default
 
 
 @dataclass
@@ -237,7 +238,7 @@ def correct_biases(
     quantized,
     images: Sequence[Union[str, Path]],
     *,
-    frames: int = 12,
+    frames: int = FRAMES,
     limit_side_len: int = 736,
     limit_type: str = "min",
     input_size: Optional[tuple] = None,

@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 QAT_DOMAIN = "edgedb.qat"
 QAT_SUFFIX = "-qat"  # appended to the model's precision metadata
-CORRECTION_FRAMES = 12  # calibration frames the bias correction fits (correct_biases' default)
 # Integer weights never leave the range post-training quantization gave them: 7-bit CPU
 # weights stay within +-64, 8-bit ones within +-127 (symmetric, as TensorRT wants).
 _SEVEN_BIT_LIMIT = 64
@@ -384,14 +383,6 @@ class QatResult:
     def improved(self) -> bool:
         return self.model is not None
 
-    @property
-    def ptq_iou(self) -> float:
-        return self.ptq.iou
-
-    @property
-    def best_iou(self) -> float:
-        return self.best.iou
-
 
 def _crop_origins(frame_shape, text: np.ndarray, size: tuple, rng) -> tuple:
     """Top-left corner of a crop of ``size``: around a random text pixel two times in
@@ -523,33 +514,36 @@ def distill_int8(
     if size[0] < stride:
         raise InvalidInputError(f"frames are smaller than the model's stride {stride}")
 
-    measure_seconds = [0.0]  # the last measurement's duration, to stop within time_limit
+    measure_seconds = 0.0  # the last measurement's duration, to stop within time_limit
 
     def agreement(model, on=None, references=None) -> Agreement:
         """``model``'s agreement with FP32 on the held-back frames (or ``on``)."""
+        nonlocal measure_seconds
         on, references = (check_frames, reference) if on is None else (on, references)
         began = time.perf_counter()
         with OnnxRuntimeBackend(model, threads=threads) as session:
             maps = [session.infer({spec.input_name: f})[spec.prob_output][0, 0] for f in on]
         measured = Agreement(box_agreement(maps, references, thresh=threshold),
                              binary_iou(maps, references, threshold))
-        measure_seconds[0] = time.perf_counter() - began
+        measure_seconds = time.perf_counter() - began
         return measured
 
     ptq = agreement(quantized)
     start, start_name, choice = quantized, "post-training", None
     if bias_correction:
-        from edgedb.precision.bias_correction import correct_biases
+        from edgedb.precision.bias_correction import FRAMES, correct_biases
 
-        fitted = set(order[held: held + CORRECTION_FRAMES].tolist())
+        fitted = set(order[held: held + FRAMES].tolist())
         candidate, _ = correct_biases(float_model, quantized, [images[i] for i in sorted(fitted)],
                                       frames=len(fitted), limit_side_len=limit_side_len, limit_type=limit_type,
                                       input_size=input_size, threads=threads, seed=seed, progress=progress)
         # Two fixed models, nothing trained yet: judged on every frame the correction did
         # not fit, not only the held-back ones (on 12 frames the choice followed the sample:
         # bench/RESULTS.md).
-        judged = [frames[i] for i in order if i not in fitted]
-        references = [teacher(f)[0, 0] for f in tqdm(judged, desc="teacher", unit="frame", disable=not progress)]
+        others = [frames[i] for i in order[held:] if i not in fitted]
+        judged = check_frames + others  # the held-back frames' FP32 maps are already made
+        references = reference + [teacher(f)[0, 0] for f in tqdm(others, desc="teacher", unit="frame",
+                                                                  disable=not progress)]
         choice = (agreement(quantized, judged, references), agreement(candidate, judged, references), len(judged))
         log.info("agreement with FP32 on %d frames: post-training %s, bias-corrected %s", choice[2], *choice[:2])
         if choice[1] > choice[0]:
@@ -603,7 +597,7 @@ def distill_int8(
         optimizer.step()
         measured = None
         out_of_time = time_limit is not None and (
-            time.perf_counter() - begin + 2 * measure_seconds[0] >= time_limit)  # this step's and the export's
+            time.perf_counter() - begin + 2 * measure_seconds >= time_limit)  # this step's and the export's
         if (step + 1) % val_every == 0 or step + 1 == steps or out_of_time:
             model = export_qdq(module, graph, start)
             measured = agreement(model)
