@@ -52,6 +52,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ONNX Runtime threads in QAT")
     parser.add_argument("--no-qat", action="store_true", help="post-training and bias correction only")
     parser.add_argument("--no-bias-correction", action="store_true", help="QAT starts from the post-training model")
+    parser.add_argument("--labels", action="store_true",
+                        help="give QAT the ICDAR labels of the calibration images (img_1..50; the photos have none) "
+                        "to choose its start by")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -66,8 +69,10 @@ def main() -> int:
 
     icdar = list(IcdarDataset(args.data / "icdar2015-dev" / "images"))
     held_out = [(name, path, truth) for name, path, truth in icdar if int(name.split("_")[-1]) > 50]
-    calibration = sorted((args.data / "photos").glob("*.jpg")) + [
-        path for name, path, _ in icdar if int(name.split("_")[-1]) <= 50]
+    photos = sorted((args.data / "photos").glob("*.jpg"))
+    labelled = [(path, truth) for name, path, truth in icdar if int(name.split("_")[-1]) <= 50]
+    calibration = photos + [path for path, _ in labelled]
+    ground_truth = [None] * len(photos) + [truth for _, truth in labelled] if args.labels else None
     figures = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "args": {k: str(v) for k, v in vars(args).items()},
                "runs": []}
     rows = []
@@ -88,15 +93,18 @@ def main() -> int:
             else:
                 outcome = distill_int8(fp32, ptq, calibration, steps=args.steps, lr=args.lr, crop=args.crop,
                                        scale_lr=args.scale_lr, seed=args.seed, threads=args.threads,
-                                       bias_correction=not args.no_bias_correction)
+                                       bias_correction=not args.no_bias_correction, ground_truth=ground_truth)
                 qat_h = evaluate_model(outcome.model, held_out) if outcome.improved else ptq_h
                 choice = outcome.choice
                 run.update(qat=qat_h, start=outcome.start, ptq_agreement=vars(outcome.ptq),
-                           choice=[vars(choice[0]), vars(choice[1]), choice[2]] if choice else None,
+                           choice=({**vars(choice), "post_training": vars(choice.post_training),
+                                    "corrected": vars(choice.corrected)} if choice else None),
                            best_agreement=vars(outcome.best), best_step=outcome.best_step, steps=outcome.steps,
                            seconds=outcome.seconds, improved=outcome.improved,
                            history=[(step, loss, vars(a) if a else None) for step, loss, a in outcome.history])
-                chosen = f"{choice[0].boxes:.3f} / {choice[1].boxes:.3f}" if choice else "-"
+                chosen = f"{choice.post_training.boxes:.3f} / {choice.corrected.boxes:.3f}" if choice else "-"
+                if choice and choice.labelled:
+                    chosen += f"; labels: {choice.post_training_hmean:.3f} / {choice.corrected_hmean:.3f}"
                 row += (f" {chosen} | {outcome.start} | {outcome.ptq.boxes:.3f} -> {outcome.best.boxes:.3f} "
                         f"({outcome.best.iou:.3f}) | {outcome.best_step}/{outcome.steps} | "
                         f"{qat_h:.4f} ({(qat_h - fp32_h) * 100:+.2f}) | {outcome.seconds:.0f} |")
@@ -108,7 +116,7 @@ def main() -> int:
         print("|---|---|---|---|---|---|")
     else:
         print("| model | target | FP32 H | post-training H (ΔH) | box agreement, frames the correction did not fit:"
-              " post-training / corrected | start | held-back box agreement: post-training -> chosen (IoU) |"
+              " post-training / corrected (with --labels: hmean against the labels) | start | held-back box agreement: post-training -> chosen (IoU) |"
               " best step / run | QAT H (ΔH) | QAT s |")
         print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))

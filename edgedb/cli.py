@@ -446,6 +446,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         raise EdgeDBError("--qat trains INT8 models: use it with --precision int8 (the default)")
     if args.qat and args.bias_correction and args.no_bias_correction:
         raise EdgeDBError("--bias-correction and --no-bias-correction contradict each other: give one")
+    if args.gt is not None and (not args.qat or args.no_bias_correction):
+        raise EdgeDBError("--gt chooses where --qat starts, post-training or bias-corrected: use it with --qat and "
+                          "without --no-bias-correction")
+    if args.gt is not None and not args.gt.is_dir():
+        raise EdgeDBError(f"--gt {args.gt} is not a folder: give the folder of gt_<image>.txt files")
     if args.no_bias_correction and not args.qat:
         raise EdgeDBError("--no-bias-correction is for --qat (without --qat, bias correction is off unless "
                           "--bias-correction asks for it)")
@@ -507,13 +512,21 @@ def _quantization_aware(args: argparse.Namespace, model, quantized, images):
     """--qat: the distilled model, or the one it started from when distillation did not help."""
     from edgedb.train.qat import distill_int8
 
+    ground_truth = None
+    if args.gt is not None:
+        from edgedb.evaluation import load_icdar_gt
+
+        files = [args.gt / f"gt_{Path(image).stem}.txt" for image in images]
+        if not any(f.is_file() for f in files):
+            raise EdgeDBError(f"--gt {args.gt} holds no gt_<image>.txt for any of the {len(images)} calibration images")
+        ground_truth = [load_icdar_gt(f) if f.is_file() else None for f in files]
+        print(f"labels for {sum(g is not None for g in ground_truth)} of {len(images)} calibration images")
     outcome = distill_int8(model, quantized, images, steps=args.steps, limit_side_len=args.limit_side_len,
                            limit_type=args.limit_type, input_size=args.input_size,
-                           bias_correction=not args.no_bias_correction, time_limit=args.time_limit)
+                           bias_correction=not args.no_bias_correction, ground_truth=ground_truth,
+                           time_limit=args.time_limit)
     if outcome.choice:
-        ptq, corrected, frames = outcome.choice
-        print(f"agreement with FP32 on {frames} calibration images (boxes: hmean against FP32's boxes; IoU: "
-              f"binarized maps): post-training {ptq}, bias-corrected {corrected}")
+        print(outcome.choice)
     print(f"quantization-aware training from the {outcome.start} model; on {outcome.held_back} held-back images: "
           f"post-training {outcome.ptq}, best {outcome.best} (step {outcome.best_step} of {outcome.steps}, "
           f"{outcome.seconds:.0f} s)")
@@ -809,10 +822,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="then quantization-aware training by distillation: train the INT8 weights so the map "
                           "matches FP32's on the calibration images (edgedb.train.qat.distill_int8; needs the "
                           "train extra, PyTorch); starts from the post-training or the bias-corrected model, whichever "
-                          "agrees better with FP32 on held-back images, and writes the post-training model if "
-                          "nothing beats it there")
+                          "agrees better with FP32 on the calibration images the correction did not fit (or scores "
+                          "higher against --gt), and writes that start if no trained step beats it on held-back images")
     quantize.add_argument("--no-bias-correction", action="store_true",
                           help="--qat: do not try the bias correction; start from the post-training model")
+    quantize.add_argument("--gt", type=Path, metavar="DIR",
+                          help="--qat: ICDAR ground truth of calibration images (gt_<image>.txt; images without a "
+                          "file are unlabelled): the start, post-training or bias-corrected, is then the one with "
+                          "the higher hmean against it, not the one that agrees better with FP32")
     quantize.add_argument("--steps", type=_count, default=300, help="--qat: optimizer steps (default 300)")
     quantize.add_argument("--time-limit", type=_bounded_float(0, open_low=True), default=600.0, metavar="SECONDS",
                           help="--qat: stop training so the whole call ends within this many seconds (default 600)")

@@ -169,15 +169,62 @@ def test_distill_int8_runs_and_never_returns_a_worse_model(fp32, quantized, cali
                           val_every=1, input_size=SIZE, progress=False, threads=1)
     assert result.held_back == 2 and result.steps <= 3 and len(result.history) == result.steps
     assert 0 <= result.ptq.boxes <= 1 and 0 <= result.ptq.iou <= 1
-    ptq, corrected, frames = result.choice
-    assert frames == len(images) - min(FRAMES, len(images) - 2)  # all but the correction's frames
-    assert result.start == ("bias-corrected" if corrected > ptq else "post-training")
+    choice = result.choice
+    assert choice.frames == len(images) - min(FRAMES, len(images) - 2)  # all but the correction's frames
+    assert choice.labelled == 0 and choice.post_training_hmean is None
+    assert result.start == ("bias-corrected" if choice.corrected > choice.post_training else "post-training")
     if result.improved:
         assert result.best_step >= 1 or result.start == "bias-corrected"
         assert result.best > result.ptq or result.start == "bias-corrected"
         assert [n.op_type for n in result.model.graph.node] == [n.op_type for n in quantized["tensorrt"].graph.node]
     else:
         assert result.model is None and result.best_step == 0 and result.best == result.ptq
+
+
+def test_distill_int8_chooses_its_start_by_labels(fp32, quantized, calib_dir):
+    images = calibration_images(calib_dir)
+    truth = {path: make_text_image(60 + seed, size=SIZE).polygons for seed, path in
+             enumerate(sorted(calib_dir.glob("scene_*.jpg")))}
+    labels = [truth[path] for path in images]
+    labels[0] = None  # an unlabelled image
+    result = distill_int8(fp32, quantized["tensorrt"], images, steps=1, batch_size=1, crop=96, held_back=2,
+                          ground_truth=labels, input_size=SIZE, progress=False, threads=1)
+    choice = result.choice
+    judged = choice.frames
+    assert choice.labelled in (judged - 1, judged)  # all judged frames but the unlabelled one, if judged
+    assert 0 <= choice.post_training_hmean <= 1 and 0 <= choice.corrected_hmean <= 1
+    assert result.start == ("bias-corrected" if choice.corrected_better else "post-training")
+    with pytest.raises(InvalidInputError, match="one per image"):
+        distill_int8(fp32, quantized["tensorrt"], images, ground_truth=labels[:2], progress=False)
+
+
+def test_start_choice_by_labels_then_agreement():
+    from edgedb.train.qat import MIN_LABELLED, StartChoice
+
+    better, worse = Agreement(0.9, 0.9), Agreement(0.8, 0.9)
+    # Labels decide when enough frames have them, whatever the agreement says...
+    assert StartChoice(better, worse, 50, MIN_LABELLED, 0.40, 0.43).corrected_better
+    assert not StartChoice(worse, better, 50, MIN_LABELLED, 0.43, 0.40).corrected_better
+    # ... the agreement on a tie, or with too few labelled frames, or none.
+    assert StartChoice(worse, better, 50, MIN_LABELLED, 0.4, 0.4).corrected_better
+    assert not StartChoice(better, worse, 50, MIN_LABELLED - 1, 0.40, 0.43).corrected_better
+    assert StartChoice(worse, better, 50).corrected_better
+    assert "labels of 10" in str(StartChoice(better, worse, 50, 10, 0.4, 0.43))
+    assert "the agreement decides" in str(StartChoice(better, worse, 50, 1, 0.4, 0.43))
+
+
+def test_label_hmean_in_the_images_pixels():
+    from edgedb.precision.compare import label_hmean
+    from edgedb.preprocess import PreparedFrame
+
+    prob = np.zeros((64, 96), np.float32)
+    prob[10:20, 10:50] = 0.9  # a word in the top-left content region (48x80 of the padded frame)
+    frame = PreparedFrame(np.zeros((64, 96, 3), np.uint8), (48, 80), (96, 160))  # image at twice the frame's size
+    word = [(12, 12), (108, 12), (108, 48), (12, 48)]  # roughly the region, dilated, in image pixels
+    assert label_hmean([prob], [frame], [[word]]) == 1.0
+    assert label_hmean([prob], [frame], [[[(p[0] + 60, p[1] + 60) for p in word]]]) == 0.0
+    with pytest.raises(InvalidInputError, match="one of each"):
+        label_hmean([prob], [frame, frame], [[word]])
 
 
 def test_distill_int8_without_bias_correction(fp32, quantized, calib_dir):
@@ -213,12 +260,18 @@ def test_distill_int8_errors(fp32, quantized, calib_dir):
 
 
 def test_quantize_qat_cli(fp32, calib_dir, tmp_path, capsys):
-    out = tmp_path / "qat.onnx"
-    code = main(["quantize", "ppocrv4-det", "--calib", str(calib_dir), "--qat", "--steps", "2",
+    out, gt = tmp_path / "qat.onnx", tmp_path / "gt"
+    gt.mkdir()
+    for seed in range(4):  # labels for four of the five images
+        lines = [",".join(str(int(round(v))) for v in polygon.reshape(-1)) + ",word"
+                 for polygon in make_text_image(60 + seed, size=SIZE).polygons]
+        (gt / f"gt_scene_{seed}.txt").write_text("\n".join(lines) + "\n")
+    code = main(["quantize", "ppocrv4-det", "--calib", str(calib_dir), "--qat", "--steps", "2", "--gt", str(gt),
                  "--input-size", f"{SIZE[0]}x{SIZE[1]}", "--cache", str(tmp_path), "-o", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "quantization-aware training" in printed and "IoU" in printed and "bias-corrected" in printed
+    assert "labels for 4 of 5 calibration images" in printed and "hmean against the labels" in printed
     model = onnx.load(str(out))
     precision = {p.key: p.value for p in model.metadata_props}[PRECISION_KEY]
     assert precision.startswith("int8-tensorrt")
@@ -233,6 +286,9 @@ def test_qat_flag_needs_int8(calib_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--no-bias-correction"], "is for --qat"),
+    (["--gt", "."], "use it with --qat"),
+    (["--qat", "--no-bias-correction", "--gt", "."], "without --no-bias-correction"),
+    (["--qat", "--gt", "no-such-folder"], "not a folder"),
     (["--qat", "--bias-correction", "--no-bias-correction"], "contradict"),
 ])
 def test_bias_correction_flags(calib_dir, tmp_path, capsys, flags, message):

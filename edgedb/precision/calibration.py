@@ -261,9 +261,10 @@ class _ExposedActivations:
                 yield name, outputs.pop()
 
 
-def prepared_frames(images: Iterable[Path], *, limit_side_len: int, limit_type: str,
+def prepared_images(images: Iterable[Path], *, limit_side_len: int, limit_type: str,
                     input_size: Optional[tuple[int, int]] = None):
-    """Yields the uint8 frames the detector would feed for each image."""
+    """Yields the ``PreparedFrame`` the detector would make of each image (the frame, and
+    where the image sits in it)."""
     from edgedb.preprocess import as_bgr_image, prepare_fixed, prepare_limit
 
     for path in images:
@@ -271,7 +272,14 @@ def prepared_frames(images: Iterable[Path], *, limit_side_len: int, limit_type: 
             image = as_bgr_image(path)
         except InvalidInputError as error:
             raise InvalidInputError(f"calibration image {path} cannot be read: {error}") from None
-        prepared = prepare_fixed(image, input_size) if input_size else prepare_limit(image, limit_side_len, limit_type)
+        yield prepare_fixed(image, input_size) if input_size else prepare_limit(image, limit_side_len, limit_type)
+
+
+def prepared_frames(images: Iterable[Path], *, limit_side_len: int, limit_type: str,
+                    input_size: Optional[tuple[int, int]] = None):
+    """Yields the uint8 frames (1, H, W, 3) the detector would feed for each image."""
+    for prepared in prepared_images(images, limit_side_len=limit_side_len, limit_type=limit_type,
+                                    input_size=input_size):
         yield prepared.frame[None]
 
 

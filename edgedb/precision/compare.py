@@ -66,6 +66,27 @@ def box_agreement(maps: Sequence[np.ndarray], references: Sequence[np.ndarray], 
     return result.hmean
 
 
+
+def label_hmean(maps: Sequence[np.ndarray], prepared: Sequence, ground_truths: Sequence, **box_options) -> float:
+    """The ICDAR 2015 hmean, pooled over the frames, of the boxes formed from ``maps``
+    against labels: ``prepared`` gives each map's ``PreparedFrame`` (where the image sits
+    in the frame, and its size), ``ground_truths`` each image's boxes in its own pixels
+    (``GroundTruthBox`` objects or polygons), the detector's box formation
+    (``box_options`` override it)."""
+    from edgedb.boxes import boxes_from_prob
+    from edgedb.detector import DEFAULT_BOXES
+    from edgedb.evaluation import EvalResult, evaluate_image
+
+    if not len(maps) == len(prepared) == len(ground_truths):
+        raise InvalidInputError(f"{len(maps)} maps, {len(prepared)} frames and {len(ground_truths)} label sets: "
+                                "give one of each per image")
+    options = {**DEFAULT_BOXES, **box_options}
+    images = []
+    for prob, frame, truth in zip(maps, prepared, ground_truths):
+        height, width = frame.content
+        images.append(evaluate_image(boxes_from_prob(prob[:height, :width], dest_size=frame.original, **options), truth))
+    return EvalResult.from_images(images).hmean
+
 @dataclass
 class _MapFigures:
     """One model's probability maps against the reference's, summed image by image."""

@@ -27,8 +27,10 @@ scored against those formed from FP32's (``box_agreement``, the binarized map's 
 breaking ties). The same measure chooses where training starts: the post-training model,
 or its bias correction (``correct_biases``) when that agrees better with FP32 on every
 calibration frame the correction did not fit, since the correction is a heuristic that
-helps some DBNets and hurts others. ``distill_int8``
-gives back no model when nothing beat the post-training one on those frames.
+helps some DBNets and hurts others. Labels, when some calibration images have them, make
+that choice instead (hmean against them): the two models often agree with FP32 equally
+well within the noise of 50 frames and differ in what users measure (bench/RESULTS.md).
+``distill_int8`` gives back no model when nothing beat its start on the held-back frames.
 """
 
 from __future__ import annotations
@@ -357,13 +359,51 @@ class Agreement:
         return f"boxes {self.boxes:.4f}, IoU {self.iou:.4f}"
 
 
+MIN_LABELLED = 4  # labelled frames below which labels do not choose the start
+
+
+@dataclass(frozen=True)
+class StartChoice:
+    """How the start was chosen. ``post_training`` and ``corrected``: the two models'
+    agreement with FP32 on the ``frames`` calibration frames the correction did not fit;
+    ``post_training_hmean`` and ``corrected_hmean``: their hmean against the labels of
+    ``labelled`` of those frames (None without labels). The labels decide when at least
+    ``MIN_LABELLED`` frames have them, the agreement otherwise and on a tie."""
+
+    post_training: Agreement
+    corrected: Agreement
+    frames: int
+    labelled: int = 0
+    post_training_hmean: Optional[float] = None
+    corrected_hmean: Optional[float] = None
+
+    @property
+    def by_labels(self) -> bool:
+        return self.labelled >= MIN_LABELLED
+
+    @property
+    def corrected_better(self) -> bool:
+        if self.by_labels and self.corrected_hmean != self.post_training_hmean:
+            return self.corrected_hmean > self.post_training_hmean
+        return self.corrected > self.post_training
+
+    def __str__(self) -> str:
+        text = (f"agreement with FP32 on {self.frames} calibration images (boxes: hmean against FP32's boxes; "
+                f"IoU: binarized maps): post-training {self.post_training}, bias-corrected {self.corrected}")
+        if self.labelled:
+            text += (f"; hmean against the labels of {self.labelled}: post-training {self.post_training_hmean:.4f}, "
+                     f"bias-corrected {self.corrected_hmean:.4f}")
+            if not self.by_labels:
+                text += f" (fewer than {MIN_LABELLED} labelled: the agreement decides)"
+        return text
+
+
 @dataclass
 class QatResult:
     """``model``: the best Q/DQ model, or None when the post-training model stays best.
 
     ``start``: where training started, "post-training" or "bias-corrected"; ``choice``:
-    (post-training, bias-corrected, frames) when the correction was tried, their
-    agreements with FP32 on every calibration frame the correction did not fit.
+    the ``StartChoice`` when the correction was tried.
     ``ptq`` and ``best``: the post-training and the chosen model's agreement on the
     held-back frames, where the start and each trained step are compared;
     ``best_step`` 0 when the chosen model is the start itself."""
@@ -375,7 +415,7 @@ class QatResult:
     seconds: float  # the whole call: frames, teacher maps, correction, training, measurements
     held_back: int
     start: str = "post-training"
-    choice: Optional[tuple] = None
+    choice: Optional[StartChoice] = None
     model: Optional[object] = None
     history: list = field(default_factory=list)  # (step, loss, Agreement or None)
 
@@ -410,6 +450,7 @@ def distill_int8(
     scale_lr: float = 1e-3,
     held_back: Optional[int] = None,
     bias_correction: bool = True,
+    ground_truth: Optional[Sequence] = None,
     val_every: Optional[int] = None,
     patience: int = 4,
     time_limit: Optional[float] = 600.0,
@@ -434,6 +475,11 @@ def distill_int8(
         bias_correction: also correct ``quantized``'s biases (``correct_biases``, fitted
             on 12 training images) and start from the corrected model when it agrees
             better with FP32 on all the other images.
+        ground_truth: labels, one entry per image: its boxes in its own pixels
+            (``GroundTruthBox`` objects or polygons, as ``evaluate_image`` takes them), or
+            None for an unlabelled image. When at least 4 of the images the correction
+            does not fit have labels, the start is the model with the higher hmean
+            against them. Training itself needs no labels.
         steps, batch_size, crop: optimizer steps, crops per step, crop side (pixels,
             rounded down to the model's stride). 300 steps take 1 to 2.2 s each on 2 CPU
             cores; early stopping ends most runs sooner, ``time_limit`` the rest
@@ -462,8 +508,8 @@ def distill_int8(
     from tqdm import tqdm
 
     from edgedb.backends.onnxrt import OnnxRuntimeBackend
-    from edgedb.precision.calibration import prepared_frames
-    from edgedb.precision.compare import box_agreement
+    from edgedb.precision.calibration import prepared_images
+    from edgedb.precision.compare import box_agreement, label_hmean
     from edgedb.spec import spec_from_metadata
 
     begin = time.perf_counter()
@@ -475,6 +521,9 @@ def distill_int8(
         integer_at_least(name, value, low)
     if time_limit is not None and not time_limit > 0:
         raise InvalidInputError(f"time_limit must be positive seconds or None, not {time_limit!r}")
+    if ground_truth is not None and len(ground_truth) != len(images):
+        raise InvalidInputError(f"ground_truth has {len(ground_truth)} entries for {len(images)} images: "
+                                "give one per image (None for an unlabelled one)")
     if not lr > 0 or not float_lr >= 0:
         raise InvalidInputError(f"lr must be positive and float_lr not negative, not {lr!r} and {float_lr!r}")
     spec = spec_from_metadata(quantized)
@@ -492,8 +541,9 @@ def distill_int8(
     if not 1 <= held < len(images) - 1:
         raise InvalidInputError(f"held_back must leave at least 2 of the {len(images)} images for training")
     order = rng.permutation(len(images))
-    frames = list(prepared_frames(images, limit_side_len=limit_side_len, limit_type=limit_type,
-                                  input_size=input_size))
+    prepared = list(prepared_images(images, limit_side_len=limit_side_len, limit_type=limit_type,
+                                    input_size=input_size))
+    frames = [p.frame[None] for p in prepared]
     fp32 = OnnxRuntimeBackend(float_model, threads=threads)
 
     def teacher(frames: np.ndarray) -> np.ndarray:
@@ -516,15 +566,18 @@ def distill_int8(
 
     measure_seconds = 0.0  # the last measurement's duration, to stop within time_limit
 
-    def agreement(model, on=None, references=None) -> Agreement:
-        """``model``'s agreement with FP32 on the held-back frames (or ``on``)."""
-        nonlocal measure_seconds
-        on, references = (check_frames, reference) if on is None else (on, references)
-        began = time.perf_counter()
+    def maps_of(model, on) -> list:
         with OnnxRuntimeBackend(model, threads=threads) as session:
-            maps = [session.infer({spec.input_name: f})[spec.prob_output][0, 0] for f in on]
-        measured = Agreement(box_agreement(maps, references, thresh=threshold),
-                             binary_iou(maps, references, threshold))
+            return [session.infer({spec.input_name: f})[spec.prob_output][0, 0] for f in on]
+
+    def against(maps, references) -> Agreement:
+        return Agreement(box_agreement(maps, references, thresh=threshold), binary_iou(maps, references, threshold))
+
+    def agreement(model) -> Agreement:
+        """``model``'s agreement with FP32 on the held-back frames."""
+        nonlocal measure_seconds
+        began = time.perf_counter()
+        measured = against(maps_of(model, check_frames), reference)
         measure_seconds = time.perf_counter() - began
         return measured
 
@@ -540,13 +593,22 @@ def distill_int8(
         # Two fixed models, nothing trained yet: judged on every frame the correction did
         # not fit, not only the held-back ones (on 12 frames the choice followed the sample:
         # bench/RESULTS.md).
-        others = [frames[i] for i in order[held:] if i not in fitted]
-        judged = check_frames + others  # the held-back frames' FP32 maps are already made
-        references = reference + [teacher(f)[0, 0] for f in tqdm(others, desc="teacher", unit="frame",
-                                                                  disable=not progress)]
-        choice = (agreement(quantized, judged, references), agreement(candidate, judged, references), len(judged))
-        log.info("agreement with FP32 on %d frames: post-training %s, bias-corrected %s", choice[2], *choice[:2])
-        if choice[1] > choice[0]:
+        others = [i for i in order[held:] if i not in fitted]
+        judged = list(order[:held]) + others  # the held-back frames' FP32 maps are already made
+        references = reference + [teacher(frames[i])[0, 0] for i in tqdm(others, desc="teacher", unit="frame",
+                                                                          disable=not progress)]
+        labelled = [k for k, i in enumerate(judged) if ground_truth is not None and ground_truth[i] is not None]
+
+        def judge(model) -> tuple:
+            maps = maps_of(model, [frames[i] for i in judged])
+            hmean = label_hmean([maps[k] for k in labelled], [prepared[judged[k]] for k in labelled],
+                                [ground_truth[judged[k]] for k in labelled], thresh=threshold) if labelled else None
+            return against(maps, references), hmean
+
+        (ptq_all, ptq_hmean), (corrected_all, corrected_hmean) = judge(quantized), judge(candidate)
+        choice = StartChoice(ptq_all, corrected_all, len(judged), len(labelled), ptq_hmean, corrected_hmean)
+        log.info("%s", choice)
+        if choice.corrected_better:
             start, start_name = candidate, "bias-corrected"
 
     graph = fake_quant_graph(start)
