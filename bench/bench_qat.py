@@ -4,11 +4,14 @@
 
 Per model and target: post-training INT8 (`quantize_int8`, what `edgedb quantize`
 writes), then `distill_int8` (`edgedb quantize --qat`: it also tries the bias correction
-and starts from whichever agrees better with FP32 on held-back frames), all on the same
-calibration images (the 12 photos and ICDAR 2015 dev img_1..50); every model evaluated
-with EdgeDetector's defaults on img_51..100, which neither calibration nor training sees.
+and starts from whichever agrees better with FP32 on the frames the correction did not
+fit), all on the same calibration images (the 12 photos and ICDAR 2015 dev img_1..50);
+every model evaluated with EdgeDetector's defaults on img_51..100, which neither
+calibration nor training sees.
 Prints a Markdown row per model and target, with QAT's time. ``--no-qat``: post-training
-and bias correction (`correct_biases`) only.
+and bias correction (`correct_biases`) only. ``--labels``: QAT gets the calibration images'
+ICDAR labels (`distill_int8(ground_truth=)`, `edgedb quantize --qat --gt`) and chooses its
+start by hmean against them.
 """
 
 from __future__ import annotations

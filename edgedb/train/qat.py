@@ -643,6 +643,7 @@ def distill_int8(
     bar.set_postfix(boxes=f"{best.boxes:.4f}", iou=f"{best.iou:.4f}")
     module.train(True)
     for step in bar:
+        step_began = time.perf_counter()
         batch = np.empty((batch_size, *size, 3), np.uint8)
         for b in range(batch_size):
             index = int(rng.integers(len(train_frames)))
@@ -657,12 +658,15 @@ def distill_int8(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        measured = None
+        measured, now = None, time.perf_counter()
+        # Another step must leave time for its own measurement and a last one.
         out_of_time = time_limit is not None and (
-            time.perf_counter() - begin + 2 * measure_seconds >= time_limit)  # this step's and the export's
+            now - begin + (now - step_began) + 2 * measure_seconds >= time_limit)
         if (step + 1) % val_every == 0 or step + 1 == steps or out_of_time:
+            began = time.perf_counter()
             model = export_qdq(module, graph, start)
             measured = agreement(model)
+            measure_seconds = time.perf_counter() - began  # the export included
             if measured > best:
                 best, best_step, best_model, misses = measured, step + 1, model, 0
             else:
