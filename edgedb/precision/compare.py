@@ -66,7 +66,6 @@ def box_agreement(maps: Sequence[np.ndarray], references: Sequence[np.ndarray], 
     return result.hmean
 
 
-
 def label_hmean(maps: Sequence[np.ndarray], prepared: Sequence, ground_truths: Sequence, **box_options) -> float:
     """The ICDAR 2015 hmean, pooled over the frames, of the boxes formed from ``maps``
     against labels: ``prepared`` gives each map's ``PreparedFrame`` (where the image sits
@@ -86,6 +85,7 @@ def label_hmean(maps: Sequence[np.ndarray], prepared: Sequence, ground_truths: S
         height, width = frame.content
         images.append(evaluate_image(boxes_from_prob(prob[:height, :width], dest_size=frame.original, **options), truth))
     return EvalResult.from_images(images).hmean
+
 
 @dataclass
 class _MapFigures:
