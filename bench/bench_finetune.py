@@ -6,8 +6,9 @@ Trains on ICDAR 2015 dev img_1..40, validates (checkpoint choice) on img_41..50 
 evaluates on img_51..100, never seen in training or selection, with EdgeDetector's
 defaults on the exported ONNX (rewritten as any user model would be), against the base
 model. ``--int8`` also quantizes the fine-tuned model for the CPU and TensorRT targets
-as `edgedb quantize` does (post-training, then bias correction; calibrated on img_1..50
-and the photos) and evaluates them. ``--labels`` times label
+as `edgedb quantize` writes them (post-training; calibrated on img_1..50 and the photos)
+and evaluates them; ``--bias-correction`` corrects them first (`correct_biases`, which
+costs a model fine-tuned on words recall: bench/RESULTS.md). ``--labels`` times label
 generation for a 1280x720 image with 50 words.
 """
 
@@ -72,6 +73,7 @@ def main() -> int:
                         help="torch threads (default: all cores; the trainer's own default, the free cores, "
                         "follows the load average, which a previous run leaves high)")
     parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--bias-correction", action="store_true", help="--int8: correct the biases as well")
     parser.add_argument("--labels", action="store_true")
     parser.add_argument("--output", type=Path, help="keep the fine-tuned ONNX here")
     parser.add_argument("--json", type=Path)
@@ -130,9 +132,10 @@ def main() -> int:
             stats = collect_stats(deployable, calibration)
             for target in ("cpu", "tensorrt"):
                 path = Path(scratch) / f"tuned-int8-{target}.onnx"
-                corrected, _ = correct_biases(deployable, quantize_int8(deployable, stats, target=target),
-                                              calibration, threads=args.threads)
-                onnx.save(corrected, str(path))
+                quantized = quantize_int8(deployable, stats, target=target)
+                if args.bias_correction:
+                    quantized, _ = correct_biases(deployable, quantized, calibration, threads=args.threads)
+                onnx.save(quantized, str(path))
                 figures[f"held_out_tuned_int8_{target}"] = evaluate_model(str(path), held_out)
                 print(f"  INT8 {target}: H {figures[f'held_out_tuned_int8_{target}']['hmean']:.4f}")
     if args.json:
