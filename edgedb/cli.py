@@ -514,9 +514,9 @@ def _quantization_aware(args: argparse.Namespace, model, quantized, images):
 
     ground_truth = None
     if args.gt is not None:
-        from edgedb.evaluation import load_icdar_gt
+        from edgedb.evaluation import gt_path, load_icdar_gt
 
-        files = [args.gt / f"gt_{Path(image).stem}.txt" for image in images]
+        files = [gt_path(args.gt, image) for image in images]
         if not any(f.is_file() for f in files):
             raise EdgeDBError(f"--gt {args.gt} holds no gt_<image>.txt for any of the {len(images)} calibration images")
         ground_truth = [load_icdar_gt(f) if f.is_file() else None for f in files]

@@ -88,6 +88,16 @@ def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *
     return rewritten, new_spec
 
 
+def image_boxes(prob: np.ndarray, prepared: PreparedFrame, **box_options) -> list[TextBox]:
+    """The boxes of a frame's probability map, in the pixels of the image ``prepared``
+    was made from (the padding cut off, the scale undone); ``box_options`` go to
+    ``boxes_from_prob``."""
+    ch, cw = prepared.content
+    if prob.shape != prepared.frame.shape[:2]:
+        raise ModelError(f"the probability map is {prob.shape}, the input was {prepared.frame.shape[:2]}")
+    return boxes_from_prob(prob[:ch, :cw], dest_size=prepared.original, **box_options)
+
+
 def _check_count(name: str, value, *, minimum: int, optional: bool = False) -> None:
     """Refuses a count or index that is not an integer >= ``minimum`` (bool included)."""
     if value is None and optional:
@@ -377,7 +387,4 @@ class EdgeDetector:
         return [prob[i, 0] for i in range(count)]
 
     def _form(self, prob: np.ndarray, prepared: PreparedFrame) -> list[TextBox]:
-        ch, cw = prepared.content
-        if prob.shape != prepared.frame.shape[:2]:
-            raise ModelError(f"the probability map is {prob.shape}, the input was {prepared.frame.shape[:2]}")
-        return boxes_from_prob(prob[:ch, :cw], dest_size=prepared.original, **self._box_options)
+        return image_boxes(prob, prepared, **self._box_options)

@@ -489,6 +489,12 @@ def evaluate(results: Iterable[Any] | Mapping[str, Any]) -> EvalResult:
 # --------------------------------------------------------------------------
 
 
+def gt_path(gt_dir: str | Path, image: str | Path) -> Path:
+    """Where an image's ground truth lives in ``gt_dir`` (ICDAR 2015 naming: img_N.jpg
+    pairs with gt_img_N.txt)."""
+    return Path(gt_dir) / f"gt_{Path(image).stem}.txt"
+
+
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
@@ -537,13 +543,13 @@ class IcdarDataset:
         self.gt_dir = gt_dir
         self.items: list[tuple[str, Path, Path]] = []
         for image in images:
-            gt_path = gt_dir / f"gt_{image.stem}.txt"
-            if not gt_path.is_file():
+            truth = gt_path(gt_dir, image)
+            if not truth.is_file():
                 raise InvalidInputError(
-                    f"image {image} has no ground-truth file: expected {gt_path}"
+                    f"image {image} has no ground-truth file: expected {truth}"
                     f" (ICDAR 2015 naming: img_N.jpg pairs with gt_img_N.txt)"
                 )
-            self.items.append((image.stem, image, gt_path))
+            self.items.append((image.stem, image, truth))
 
     @staticmethod
     def _find_gt_dir(images_dir: Path, first_image: Path) -> Path:
@@ -555,7 +561,7 @@ class IcdarDataset:
                 f" {candidates[1]}; pass gt_dir"
             )
         for candidate in existing:
-            if (candidate / f"gt_{first_image.stem}.txt").is_file():
+            if gt_path(candidate, first_image).is_file():
                 return candidate
         return existing[0]
 
@@ -563,8 +569,8 @@ class IcdarDataset:
         return len(self.items)
 
     def __iter__(self) -> Iterator[tuple[str, Path, list[GroundTruthBox]]]:
-        for name, image_path, gt_path in self.items:
-            yield name, image_path, load_icdar_gt(gt_path)
+        for name, image_path, truth in self.items:
+            yield name, image_path, load_icdar_gt(truth)
 
     def __repr__(self) -> str:
         return f"IcdarDataset({str(self.images_dir)!r}, gt_dir={str(self.gt_dir)!r}, {len(self)} images)"

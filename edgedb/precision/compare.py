@@ -72,18 +72,15 @@ def label_hmean(maps: Sequence[np.ndarray], prepared: Sequence, ground_truths: S
     in the frame, and its size), ``ground_truths`` each image's boxes in its own pixels
     (``GroundTruthBox`` objects or polygons), the detector's box formation
     (``box_options`` override it)."""
-    from edgedb.boxes import boxes_from_prob
-    from edgedb.detector import DEFAULT_BOXES
+    from edgedb.detector import DEFAULT_BOXES, image_boxes
     from edgedb.evaluation import EvalResult, evaluate_image
 
     if not len(maps) == len(prepared) == len(ground_truths):
         raise InvalidInputError(f"{len(maps)} maps, {len(prepared)} frames and {len(ground_truths)} label sets: "
                                 "give one of each per image")
     options = {**DEFAULT_BOXES, **box_options}
-    images = []
-    for prob, frame, truth in zip(maps, prepared, ground_truths):
-        height, width = frame.content
-        images.append(evaluate_image(boxes_from_prob(prob[:height, :width], dest_size=frame.original, **options), truth))
+    images = [evaluate_image(image_boxes(prob, frame, **options), truth)
+              for prob, frame, truth in zip(maps, prepared, ground_truths)]
     return EvalResult.from_images(images).hmean
 
 
