@@ -564,8 +564,6 @@ def distill_int8(
     if size[0] < stride:
         raise InvalidInputError(f"frames are smaller than the model's stride {stride}")
 
-    measure_seconds = 0.0  # the last measurement's duration, to stop within time_limit
-
     def maps_of(model, on) -> list:
         with OnnxRuntimeBackend(model, threads=threads) as session:
             return [session.infer({spec.input_name: f})[spec.prob_output][0, 0] for f in on]
@@ -573,16 +571,12 @@ def distill_int8(
     def against(maps, references) -> Agreement:
         return Agreement(box_agreement(maps, references, thresh=threshold), binary_iou(maps, references, threshold))
 
-    def agreement(model) -> Agreement:
-        """``model``'s agreement with FP32 on the held-back frames."""
-        nonlocal measure_seconds
-        began = time.perf_counter()
-        measured = against(maps_of(model, check_frames), reference)
-        measure_seconds = time.perf_counter() - began
-        return measured
-
-    ptq = agreement(quantized)
-    start, start_name, choice = quantized, "post-training", None
+    began = time.perf_counter()
+    ptq_maps = maps_of(quantized, check_frames)
+    ptq = against(ptq_maps, reference)
+    # A measurement's duration, to stop within time_limit; each one in the loop replaces it.
+    measure_seconds = time.perf_counter() - began
+    start, start_name, choice, best = quantized, "post-training", None, ptq
     if bias_correction:
         from edgedb.precision.bias_correction import FRAMES, correct_biases
 
@@ -594,22 +588,24 @@ def distill_int8(
         # not fit, not only the held-back ones (on 12 frames the choice followed the sample:
         # bench/RESULTS.md).
         others = [i for i in order[held:] if i not in fitted]
-        judged = list(order[:held]) + others  # the held-back frames' FP32 maps are already made
+        judged = list(order[:held]) + others  # the held-back frames' maps are already made
         references = reference + [teacher(frames[i])[0, 0] for i in tqdm(others, desc="teacher", unit="frame",
                                                                           disable=not progress)]
         labelled = [k for k, i in enumerate(judged) if ground_truth is not None and ground_truth[i] is not None]
 
-        def judge(model) -> tuple:
-            maps = maps_of(model, [frames[i] for i in judged])
+        def judge(model, held_maps: list) -> tuple:
+            maps = held_maps + maps_of(model, [frames[i] for i in others])
             hmean = label_hmean([maps[k] for k in labelled], [prepared[judged[k]] for k in labelled],
                                 [ground_truth[judged[k]] for k in labelled], thresh=threshold) if labelled else None
             return against(maps, references), hmean
 
-        (ptq_all, ptq_hmean), (corrected_all, corrected_hmean) = judge(quantized), judge(candidate)
+        corrected_maps = maps_of(candidate, check_frames)
+        ptq_all, ptq_hmean = judge(quantized, ptq_maps)
+        corrected_all, corrected_hmean = judge(candidate, corrected_maps)
         choice = StartChoice(ptq_all, corrected_all, len(judged), len(labelled), ptq_hmean, corrected_hmean)
         log.info("%s", choice)
         if choice.corrected_better:
-            start, start_name = candidate, "bias-corrected"
+            start, start_name, best = candidate, "bias-corrected", against(corrected_maps, reference)
 
     graph = fake_quant_graph(start)
     module = fake_quant_module(graph, learn_scales=scale_lr > 0).to(device)
@@ -635,7 +631,6 @@ def distill_int8(
         groups.append({"params": [param], "lr": rate, "base": rate})
     optimizer = torch.optim.Adam(groups)
 
-    best = ptq if start is quantized else agreement(start)
     best_step, best_model, misses = 0, (start if start is not quantized else None), 0
     val_every = val_every or max(1, steps // 10)
     history = []
@@ -665,7 +660,7 @@ def distill_int8(
         if (step + 1) % val_every == 0 or step + 1 == steps or out_of_time:
             began = time.perf_counter()
             model = export_qdq(module, graph, start)
-            measured = agreement(model)
+            measured = against(maps_of(model, check_frames), reference)
             measure_seconds = time.perf_counter() - began  # the export included
             if measured > best:
                 best, best_step, best_model, misses = measured, step + 1, model, 0
