@@ -12,6 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgedb import InvalidInputError, ModelError
+from edgedb.backends.onnxrt import cpu_session
 from edgedb.precision.bias_correction import BIAS_CORRECTION_SUFFIX, correct_biases
 from edgedb.precision.calibration import calibration_images, collect_stats, prepared_frames
 from edgedb.precision.int8 import quantize_int8
@@ -50,7 +51,7 @@ def conv_means(model, names, frames):
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
     augmented.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
-    session = ort.InferenceSession(augmented.SerializeToString(), providers=["CPUExecutionProvider"])
+    session, _ = cpu_session(augmented.SerializeToString())  # as EdgeDetector runs it
     sums = dict.fromkeys(names, 0.0)
     for frame in frames:
         for name, value in zip(names, session.run(names, {"image": frame})):

@@ -33,23 +33,37 @@ def session_options(threads: Optional[int] = None, *, qdq_transforms: bool = Tru
     return options
 
 
-def _float16_qdq(session) -> bool:
-    """True for edgedb's "best" models (INT8 Q/DQ with float16 scales). ONNX Runtime 1.32's
-    QDQ transforms compute them wrongly on the CPU (binarized-map IoU 0.59 against FP32
-    where the unoptimized graph gives 0.90), so such models run without those transforms:
-    what TensorRT computes, not fast (the CPU has no float16 kernels to speak of anyway)."""
+def fuses_qdq(precision: str) -> bool:
+    """Whether ONNX Runtime may fuse a model's Q/DQ pairs into its integer kernels, by
+    the model's precision metadata ("" for FP32, "fp16", "int8-cpu-...", ...).
+
+    Only models made for the CPU: those made for TensorRT ("int8-tensorrt-...", "best-...")
+    run as the float emulation TensorRT computes exactly (int8 products, int32 sums).
+    ONNX Runtime fuses DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv only
+    where the Conv's output feeds nothing else and is no graph output, so with the fusions
+    on, a convolution's value changes with which tensors a caller asks for (bias
+    correction asks for some, a test for all, a detector for none); and its u8s8 kernels
+    saturate the full-range int8 weights of the TensorRT target on x86 without VNNI. For
+    "best" models (float16 scales) ONNX Runtime 1.32's fusions are plainly wrong:
+    binarized-map IoU 0.59 against FP32, where the unfused graph gives 0.90.
+    """
+    return not (precision.startswith("int8-tensorrt") or precision.startswith("best"))
+
+
+def _precision(session) -> str:
     from edgedb.spec import PRECISION_KEY
 
-    return session.get_modelmeta().custom_metadata_map.get(PRECISION_KEY, "").startswith("best")
+    return session.get_modelmeta().custom_metadata_map.get(PRECISION_KEY, "")
 
 
 def cpu_session(source: Union[str, bytes], threads: Optional[int] = None):
     """(session, qdq_transforms): an ONNX Runtime CPU session over a file or serialized
-    model, opened again without the QDQ transforms for float16 Q/DQ models."""
+    model, opened again without the QDQ fusions for models made for TensorRT
+    (``fuses_qdq``)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
-    if not _float16_qdq(session):
+    if fuses_qdq(_precision(session)):
         return session, True
     options = session_options(threads, qdq_transforms=False)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]), False

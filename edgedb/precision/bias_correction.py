@@ -269,9 +269,9 @@ def correct_biases(
     import onnxruntime as ort
     from tqdm import tqdm
 
-    from edgedb.backends.onnxrt import session_options
+    from edgedb.backends.onnxrt import fuses_qdq, session_options
     from edgedb.precision.calibration import ACTIVATION_BUDGET, _ExposedActivations, prepared_frames
-    from edgedb.spec import append_to_precision, spec_from_metadata
+    from edgedb.spec import PRECISION_KEY, append_to_precision, spec_from_metadata
 
     begin = time.perf_counter()
     images = [Path(p) for p in images]
@@ -333,10 +333,14 @@ def correct_biases(
     del exposed
 
     groups = _levels(graph, biases)
+    # Measured as the model will run: for the TensorRT target, without ONNX Runtime's
+    # Q/DQ fusions, whose values depend on which tensors each truncated graph exposes.
+    precision = {p.key: p.value for p in quantized.metadata_props}.get(PRECISION_KEY, "")
+    options = session_options(threads, qdq_transforms=fuses_qdq(precision))
     shift = 0.0
     for batch in tqdm(groups, desc="bias correction", unit="run", disable=not progress):
         outputs = [b.node.output[0] for b in batch]
-        session = ort.InferenceSession(_truncated(corrected, outputs).SerializeToString(), session_options(threads),
+        session = ort.InferenceSession(_truncated(corrected, outputs).SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
         current = dict.fromkeys(outputs, 0.0)
         for frame in prepared:
