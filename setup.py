@@ -49,26 +49,30 @@ setup(
     packages=find_packages(include=["edgedb", "edgedb.*"]),
     ext_modules=[CMakeExtension("edgedb._native")],
     cmdclass={"build_ext": CMakeBuild},
+    # Open ranges for users, each capped below the next major version: majors are where
+    # these projects break their APIs (numpy 2 did, onnx's helper and ORT's session options
+    # may). The caps are a precaution, not a known break; the exact set CI tests is
+    # constraints.txt, and scripts/check_latest.sh tries the newest these ranges allow.
     install_requires=[
-        "numpy>=1.23",
+        "numpy>=1.23,<3",
         # rapidocr_onnxruntime requires opencv-python; depending on the same wheel keeps
         # one OpenCV in the environment.
-        "opencv-python>=4.6",
-        "pyclipper>=1.3",
-        "onnx>=1.15",
-        "onnx-graphsurgeon>=0.5",
-        "onnxruntime>=1.17",
-        "rapidocr_onnxruntime>=1.3",
-        "tqdm>=4.60",
-        "shapely>=2",  # polygon IoU of the ICDAR evaluation
-        "onnxconverter-common>=1.16",  # float16 conversion
+        "opencv-python>=4.6,<6",
+        "pyclipper>=1.3,<2",
+        "onnx>=1.15,<2",
+        "onnx-graphsurgeon>=0.5,<1",
+        "onnxruntime>=1.17,<2",
+        "rapidocr_onnxruntime>=1.3,<2",
+        "tqdm>=4.60,<5",
+        "shapely>=2,<3",  # polygon IoU of the ICDAR evaluation
+        "onnxconverter-common>=1.16,<2",  # float16 conversion
     ],
     extras_require={
-        "tensorrt": ["tensorrt>=10", "pycuda>=2022.1"],
-        "plot": ["matplotlib>=3.6"],  # edgedb bench --plot
+        "tensorrt": ["tensorrt>=10,<12", "pycuda>=2022.1"],
+        "plot": ["matplotlib>=3.6,<4"],  # edgedb bench --plot
         # edgedb train; scripts/setup.sh installs a CPU build (plain pip takes a CUDA one)
-        "train": ["torch>=2.1"],
-        "dev": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],
+        "train": ["torch>=2.1,<3"],
+        "dev": ["pytest>=7,<10", "hypothesis>=6.80,<7", "matplotlib>=3.6,<4"],
     },
     entry_points={"console_scripts": ["edgedb=edgedb.cli:main"]},
     zip_safe=False,

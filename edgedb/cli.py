@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from edgedb._files import atomic_output, save_onnx, write_atomically
 from edgedb.errors import EdgeDBError, InvalidInputError
 from edgedb.preprocess import IMAGE_SUFFIXES
 
@@ -163,7 +164,7 @@ def _write_text(path, text: str) -> None:
     if str(path) == "-":
         print(text)
     else:
-        Path(path).write_text(text)
+        write_atomically(path, text)
 
 
 class _Skipped:
@@ -188,6 +189,29 @@ class _Skipped:
     def check_some_left(self, kept: int, what: str = "images") -> None:
         if kept == 0 and self.items:
             raise EdgeDBError(f"none of the {len(self.items)} {what} could be read")
+
+
+class _Interruption:
+    """Ctrl-C inside ``with`` ends the block early: the command then reports what it
+    finished (marked as cut short) and calls ``resume()``, which hands the interrupt on to
+    main() for its one line and exit code 130."""
+
+    def __init__(self):
+        self.happened = False
+
+    def __enter__(self) -> "_Interruption":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        self.happened = kind is KeyboardInterrupt
+        return self.happened
+
+    def summary(self) -> str:
+        return ", interrupted" if self.happened else ""
+
+    def resume(self) -> None:
+        if self.happened:
+            raise KeyboardInterrupt
 
 
 def _readable(paths: Sequence[Path], skipped: _Skipped) -> list[Path]:
@@ -328,8 +352,19 @@ def _drawing_names(names: Sequence[str], folder: Path, inputs: Sequence[Path]) -
 # ---------------------------------------------------------------------------
 
 
-def _cmd_detect(args: argparse.Namespace) -> int:
+def _write_drawing(path: Path, drawing) -> None:
     import cv2
+
+    with atomic_output(path) as temporary:
+        try:
+            written = cv2.imwrite(str(temporary), drawing)
+        except cv2.error as error:
+            raise EdgeDBError(f"cannot write the drawing {path}: {str(error).strip()}") from None
+        if not written:
+            raise EdgeDBError(f"cannot write the drawing {path}")
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from edgedb.preprocess import as_bgr_image
@@ -350,7 +385,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         drawings = _drawing_names([name for name, _ in sources], args.draw, paths)
     skipped = _Skipped("detect", args.strict)
     report = []
-    with _detector(args, skipped) as detector:
+    interruption = _Interruption()
+    with _detector(args, skipped) as detector, interruption:
         for index, (name, source) in enumerate(
                 tqdm(sources, desc="detect", unit="image", disable=len(sources) < 3, file=sys.stderr)):
             try:
@@ -367,15 +403,16 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                     print(f"  {box.score:.3f}  " + " ".join(f"{x:.0f},{y:.0f}" for x, y in box.points))
             if args.draw:
                 out = drawings[index]
-                if not cv2.imwrite(str(out), draw_boxes(image, boxes)):
-                    raise EdgeDBError(f"cannot write the drawing {out}")
+                _write_drawing(out, draw_boxes(image, boxes))
                 print(f"  drawn: {out}", file=sys.stderr if str(args.json) == "-" else sys.stdout)
     if args.json:
-        _write_text(args.json, json.dumps({"images": report, "skipped": skipped.items}, indent=1))
+        _write_text(args.json, json.dumps({"images": report, "skipped": skipped.items,
+                                           "interrupted": interruption.happened}, indent=1))
         if str(args.json) != "-":
-            print(f"wrote {args.json} ({len(report)} images{skipped.summary()})")
+            print(f"wrote {args.json} ({len(report)} images{skipped.summary()}{interruption.summary()})")
     elif skipped.items:
         print(f"{len(report)} images{skipped.summary()}")
+    interruption.resume()
     skipped.check_some_left(len(report))
     return 0
 
@@ -389,7 +426,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     dataset = IcdarDataset(args.images, args.gt)
     skipped = _Skipped("eval", args.strict)
     results = []
-    with _detector(args, skipped) as detector:
+    interruption = _Interruption()
+    with _detector(args, skipped) as detector, interruption:
         for name, image_path, ground_truth in tqdm(dataset, desc="eval", unit="image", file=sys.stderr):
             try:
                 boxes = detector.detect(image_path)
@@ -397,15 +435,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 skipped.add(image_path, error)
                 continue
             results.append(evaluate_image(boxes, ground_truth, name))
+    if not results:
+        interruption.resume()
     skipped.check_some_left(len(results))
     summary = EvalResult.from_images(results)
-    print(f"{len(results)} images{skipped.summary()}: precision {summary.precision:.4f}  "
+    print(f"{len(results)} images{skipped.summary()}{interruption.summary()}: precision {summary.precision:.4f}  "
           f"recall {summary.recall:.4f}  hmean {summary.hmean:.4f}  ({summary.matched} matched, "
           f"{summary.gt_care} ground truth, {summary.det_care} detections)")
     if args.json:
-        _write_text(args.json, json.dumps({**summary.to_dict(), "skipped": skipped.items}, indent=1))
+        _write_text(args.json, json.dumps({**summary.to_dict(), "skipped": skipped.items,
+                                           "interrupted": interruption.happened}, indent=1))
         if str(args.json) != "-":
             print(f"wrote {args.json}")
+    interruption.resume()
     return 0
 
 
@@ -434,8 +476,6 @@ def _read_onnx_full(path: Path):
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    import onnx
-
     from edgedb.detector import load_deployable
     from edgedb.models import resolve_model
     from edgedb.spec import spec_from_metadata
@@ -502,7 +542,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 if args.bias_correction:
                     print("--qat tries the bias correction itself and starts from it when it agrees better with FP32")
                 result = _quantization_aware(args, model, result, images)
-    onnx.save(result, str(args.output))
+    save_onnx(result, args.output)
     print(f"wrote {args.output} ({args.precision}{'' if args.precision == 'fp16' else ', ' + args.target + ', ' + args.method}"
           f"{skipped.summary()}); spec: {spec_from_metadata(result).input_name!r} -> 'prob'")
     return 0
@@ -692,16 +732,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                       duration_s=args.duration, iterations=args.iterations, streams=args.streams, images=images,
                       infer_only=args.infer_only, threads=args.threads, detector_options=options,
                       progress=sys.stderr.isatty(), stop=threading.Event())
-        try:
-            if len(models) == 1:
-                model, _, backend = models[0].partition("@")
-                results = [run_benchmark(model, **{**common, "backend": backend or args.backend},
-                                         export_profile=bool(args.export_profile))]
-            else:
-                results = run_comparison(models, rounds=args.rounds, **common)
-        except KeyboardInterrupt:  # while detectors were being made: nothing measured yet
-            print("edgedb bench: interrupted before any query was measured", file=sys.stderr)
-            return 130
+        # Ctrl-C while the detectors are made reaches main(); during the run it stops the
+        # queries, and what was measured is reported before main() is told.
+        if len(models) == 1:
+            model, _, backend = models[0].partition("@")
+            results = [run_benchmark(model, **{**common, "backend": backend or args.backend},
+                                     export_profile=bool(args.export_profile))]
+        else:
+            results = run_comparison(models, rounds=args.rounds, **common)
     print(report(results))
     if skipped.items:
         print(f"images{skipped.summary()}")
@@ -710,16 +748,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         _write_text(args.json, json.dumps(figures, indent=1, default=str))
         print(f"wrote {args.json}")
     if args.export_times:
-        Path(args.export_times).write_text(json.dumps({r.label: r.times() for r in results}, indent=1))
+        _write_text(args.export_times, json.dumps({r.label: r.times() for r in results}, indent=1))
         print(f"wrote {args.export_times}")
     if args.export_profile:
-        Path(args.export_profile).write_text(json.dumps({r.label: r.layers for r in results}, indent=1))
+        _write_text(args.export_profile, json.dumps({r.label: r.layers for r in results}, indent=1))
         print(f"wrote {args.export_profile}")
     if args.plot:
         from edgedb.bench.plot import plot_results
 
         print(f"wrote {plot_results(results, args.plot)}")
-    return 130 if any(r.interrupted for r in results) else 0
+    if any(r.interrupted for r in results):
+        raise KeyboardInterrupt
+    return 0
 
 
 def _add_input_size_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1004,15 +1044,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    command = None
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as done:  # --help, or a usage error already printed on one line
-        return done.code if isinstance(done.code, int) else 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    if not args.command:
-        parser.print_help()
-        return 0
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as done:  # --help, or a usage error already printed on one line
+            return done.code if isinstance(done.code, int) else 2
+        command = args.command
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+        if not command:
+            parser.print_help()
+            return 0
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C wherever it lands (imports, model load, a batch): 128 + SIGINT
+        print(f"edgedb{' ' + command if command else ''}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command's exit code; the errors it may raise on purpose become one line and 2."""
     try:
         return args.run(args)
     except BrokenPipeError:  # e.g. piped into head

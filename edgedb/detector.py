@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from edgedb._files import save_onnx
 from edgedb.backends import create_backend, resolve_backend_name
 from edgedb.boxes import TextBox, boxes_from_prob
 from edgedb.errors import EdgeDBError, InvalidInputError, InvalidInputTypeError, ModelError
@@ -80,9 +80,7 @@ def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *
     if cache:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".tmp{os.getpid()}")
-            onnx.save(rewritten, str(tmp))
-            tmp.replace(cached)
+            save_onnx(rewritten, cached)
         except OSError as error:  # a read-only home must not stop detection
             log.warning("cannot cache the rewritten model in %s: %s", cached.parent, error)
     return rewritten, new_spec
@@ -96,6 +94,22 @@ def image_boxes(prob: np.ndarray, prepared: PreparedFrame, **box_options) -> lis
     if prob.shape != prepared.frame.shape[:2]:
         raise ModelError(f"the probability map is {prob.shape}, the input was {prepared.frame.shape[:2]}")
     return boxes_from_prob(prob[:ch, :cw], dest_size=prepared.original, **box_options)
+
+
+class _SourceError:
+    """What a frame source raised, carried as an item to where the frames before it are
+    finished: raised straight out of the ``for`` it lost the frame still forming."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _until_error(images: Iterable) -> Iterator:
+    """The items of ``images``, then, if iterating them raised, a _SourceError."""
+    try:
+        yield from images
+    except Exception as error:
+        yield _SourceError(error)
 
 
 def _check_count(name: str, value, *, minimum: int, optional: bool = False) -> None:
@@ -293,15 +307,17 @@ class EdgeDetector:
         """Detects a stream of frames, yielding their boxes in order. Box formation of
         one frame (C++, GIL released) overlaps inference of the next; on TensorRT the
         copies of the next frame also overlap the compute of the current one. A frame
-        that cannot be read or run ends the stream with its error, after the boxes of
-        every frame before it."""
+        that cannot be read or run, or an error raised by ``images`` itself, ends the
+        stream with that error, after the boxes of every frame before it."""
         if getattr(self._backend, "pipelined", False):
             yield from self._stream_pipelined(images)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgedb-boxes") as pool:
             pending = None
-            for image in images:
+            for image in _until_error(images):
                 try:
+                    if isinstance(image, _SourceError):
+                        raise image.error
                     prepared = self._prepare(image)
                     prob = self._infer([prepared.frame])[0]
                 except Exception:
@@ -323,10 +339,12 @@ class EdgeDetector:
         in_flight: deque = deque()
         forming: deque = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgedb-boxes") as pool:
-            for image in images:
+            for image in _until_error(images):
                 if self._backend.closed:
                     raise EdgeDBError("this EdgeDetector is closed")
                 try:
+                    if isinstance(image, _SourceError):
+                        raise image.error
                     prepared = self._prepare(image)
                     submitted = self._backend.submit({self.spec.input_name: prepared.frame[None]})
                 except Exception:

@@ -9,6 +9,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from edgedb._checks import path_text
 from edgedb.errors import ModelError
 from edgedb.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
@@ -40,7 +41,8 @@ def cache_dir() -> Path:
 
 def is_engine_file(model) -> bool:
     """Whether ``model`` names a TensorRT engine (by its suffix) rather than an ONNX model."""
-    return isinstance(model, (str, Path)) and Path(model).suffix.lower() in ENGINE_SUFFIXES
+    text = os.fspath(model) if isinstance(model, os.PathLike) else model
+    return isinstance(text, str) and Path(text).suffix.lower() in ENGINE_SUFFIXES
 
 
 def zoo_spec(model) -> ModelSpec | None:
@@ -56,10 +58,12 @@ def resolve_model(model: str | Path) -> Path:
     """Returns the ONNX file for a zoo name or a path.
 
     Raises:
+        InvalidInputTypeError: ``model`` is neither a str nor an os.PathLike.
         ModelError: the name is unknown, its package is not installed, or the file is missing.
     """
-    if str(model) in _ZOO:
-        package, inner, install = _ZOO[str(model)]
+    model = path_text("model", model, "a zoo name or a path to an ONNX file")
+    if model in _ZOO:
+        package, inner, install = _ZOO[model]
         spec = importlib.util.find_spec(package)  # locates the package without importing it
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(f"model {model!r} ships with the package {package!r}, which is not installed: {install}")

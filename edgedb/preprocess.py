@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import operator
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Iterator, Optional, Union
 
 import cv2
 import numpy as np
 
 from edgedb._checks import as_integer
 from edgedb.errors import InvalidInputError, InvalidInputTypeError
+from edgedb.memory import check_inference_memory
 
 LIMIT_TYPES = ("min", "max")
 # Files taken as images when a folder is given (the detect CLI, calibration sets).
@@ -41,6 +43,7 @@ MAX_IMAGE_PIXELS_ENV = "EDGEDB_MAX_IMAGE_PIXELS"
 # takes about 2 GB above the image at 4096 x 4096 (the default max_side_len; issue 11);
 # activations grow with the area, so MAX_INPUT_PIXELS (8192 x 8192, about 8 GB) is already
 # far beyond an edge device, and a side above MAX_INPUT_SIDE is a slip, not a request.
+# Below these, an input must also fit the memory budget (edgedb.memory, 4 GiB by default).
 MAX_INPUT_SIDE = 16384
 MAX_INPUT_PIXELS = 8192 * 8192
 
@@ -177,6 +180,7 @@ def _check_input_area(height: int, width: int, advice: str) -> None:
         raise InvalidInputError(
             f"a {height}x{width} network input is {height * width:,} pixels, over edgedb.preprocess."
             f"MAX_INPUT_PIXELS ({MAX_INPUT_PIXELS:,}, about 8 GB of activations on the CPU); {advice}")
+    check_inference_memory(height * width, f"a {height}x{width} network input", advice)
 
 
 # -- image files ----------------------------------------------------------------------
@@ -205,12 +209,13 @@ def image_pixel_limit(max_pixels: Optional[int] = None) -> int:
 def read_image(path: Union[str, Path], *, max_pixels: Optional[int] = None) -> np.ndarray:
     """Decodes an image file to BGR uint8 (H, W, 3): the one place edgedb reads images.
 
-    The size is read from the header (PNG, JPEG, BMP, WebP, TIFF, GIF; other formats
-    through Pillow when it is installed) and checked against the pixel limit (see
-    ``image_pixel_limit``) before any pixel is decoded; formats whose header neither
-    knows are checked once decoded. A JPEG without its end marker or a PNG without its
-    IEND chunk is refused as truncated: OpenCV decodes those partly (grey below the cut)
-    and only prints a warning.
+    The format is told from the file's first bytes (not its name) and the size read from
+    its header, then checked against the pixel limit (see ``image_pixel_limit``) before any
+    pixel is decoded: every format OpenCV decodes has a reader here (``_FORMATS``), and a
+    file none of them knows, or whose header holds no size, is refused rather than decoded
+    blind (a Radiance HDR named .png once decoded 20000 x 20000 pixels, 4 GB). A JPEG
+    without its end marker or a PNG without its IEND chunk is refused as truncated: OpenCV
+    decodes those partly (grey below the cut) and only prints a warning.
 
     Raises:
         InvalidInputError: no such file, over the pixel limit, truncated, or not an image
@@ -222,10 +227,16 @@ def read_image(path: Union[str, Path], *, max_pixels: Optional[int] = None) -> n
         raise InvalidInputError(f"no image file at {path}")
     try:
         with open(path, "rb") as file:
-            size = _header_size(file) or _pillow_size(path)
+            kind, size = _header_size(file)
+            if not kind:
+                raise InvalidInputError(f"{path} is not an image OpenCV can read: its content starts as none of "
+                                        f"{', '.join(name for name, _, _ in _FORMATS)}")
             if size is not None:
                 _check_pixels(path, *size, limit)
-            _check_complete(path, file)
+            _check_complete(path, file)  # a file cut short is said as such, damaged header or not
+            if size is None:
+                raise InvalidInputError(f"{path} is not an image OpenCV can read: its {kind} header is damaged "
+                                        "(it holds no image size)")
     except OSError as error:
         raise InvalidInputError(f"cannot read {path}: {error}") from None
     try:
@@ -234,8 +245,7 @@ def read_image(path: Union[str, Path], *, max_pixels: Optional[int] = None) -> n
         raise InvalidInputError(f"{path} cannot be decoded by OpenCV: {str(error).strip()}") from None
     if decoded is None:
         raise InvalidInputError(f"{path} is not an image OpenCV can read")
-    if size is None:
-        _check_pixels(path, decoded.shape[1], decoded.shape[0], limit)
+    _check_pixels(path, decoded.shape[1], decoded.shape[0], limit)  # a header that said less
     return decoded
 
 
@@ -248,43 +258,50 @@ def _check_pixels(path: Path, width: int, height: int, limit: int) -> None:
             f"max_pixels=..., edgedb.preprocess.MAX_IMAGE_PIXELS or ${MAX_IMAGE_PIXELS_ENV}")
 
 
-def _header_size(file: BinaryIO) -> Optional[tuple[int, int]]:
-    """(width, height) from the header of a PNG, JPEG, BMP, WebP, TIFF or GIF file; None
-    for another format or a header too damaged to read (the decoder then says why)."""
-    head = file.read(32)
-    try:
-        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
-            return struct.unpack(">II", head[16:24])
-        if head.startswith(b"\xff\xd8"):
-            return _jpeg_size(file)
-        if head.startswith(b"BM"):
-            if struct.unpack("<I", head[14:18])[0] == 12:  # BITMAPCOREHEADER (OS/2 1.x)
-                return struct.unpack("<HH", head[18:22])
-            width, height = struct.unpack("<ii", head[18:26])
-            return abs(width), abs(height)  # a negative height is a top-down bitmap
-        if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-            return _webp_size(head)
-        if head[:4] in (b"II*\x00", b"MM\x00*"):
-            return _tiff_size(file, "<" if head[:2] == b"II" else ">")
-        if head[:6] in (b"GIF87a", b"GIF89a"):
-            return struct.unpack("<HH", head[6:10])
-    except (struct.error, ValueError):
-        return None
-    return None
+def _header_size(file: BinaryIO) -> tuple[str, Optional[tuple[int, int]]]:
+    """The format of an image file, told from its first bytes as OpenCV tells it (never
+    from its name), and its (width, height) read from the header: ("", None) for content
+    none of ``_FORMATS`` starts with, (name, None) for a header too damaged to hold a size."""
+    head = file.read(64)
+    for name, starts, size in _FORMATS:
+        if starts(head):
+            try:
+                found = size(head, file)
+            except (struct.error, ValueError, IndexError, KeyError):
+                found = None
+            return name, found if found and all(side > 0 for side in found) else None
+    return "", None
 
 
-def _jpeg_size(file: BinaryIO) -> Optional[tuple[int, int]]:
+def _png_size(head: bytes, file: BinaryIO) -> Optional[tuple[int, int]]:
+    return struct.unpack(">II", head[16:24]) if head[12:16] == b"IHDR" else None
+
+
+def _bmp_size(head: bytes, file: BinaryIO) -> tuple[int, int]:
+    if struct.unpack("<I", head[14:18])[0] == 12:  # BITMAPCOREHEADER (OS/2 1.x)
+        return struct.unpack("<HH", head[18:22])
+    width, height = struct.unpack("<ii", head[18:26])
+    return abs(width), abs(height)  # a negative height is a top-down bitmap
+
+
+JPEG_STRAY_BYTES = 1 << 16  # stray bytes skipped between two segments, at most
+
+
+def _jpeg_size(head: bytes, file: BinaryIO) -> Optional[tuple[int, int]]:
     # Walks the marker segments to the first start-of-frame (SOF0..SOF15 but DHT C4,
-    # JPG C8 and DAC CC), skipping APPn segments such as EXIF whatever their length.
+    # JPG C8 and DAC CC), skipping APPn segments such as EXIF whatever their length, and
+    # stray bytes between segments as libjpeg does ("extraneous bytes before marker").
     file.seek(2)
     while True:
-        byte = file.read(1)
+        byte, stray = file.read(1), 0
+        while byte and byte != b"\xff" and stray < JPEG_STRAY_BYTES:
+            byte, stray = file.read(1), stray + 1
         while byte == b"\xff":  # fill bytes before a marker
             byte = file.read(1)
         if not byte:
             return None
         marker = byte[0]
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # stuffed byte, standalone markers
             continue
         if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header first
             return None
@@ -293,12 +310,9 @@ def _jpeg_size(file: BinaryIO) -> Optional[tuple[int, int]]:
             _precision, height, width = struct.unpack(">BHH", file.read(5))
             return width, height
         file.seek(length - 2, os.SEEK_CUR)
-        if file.read(1) != b"\xff":
-            return None
-        file.seek(-1, os.SEEK_CUR)
 
 
-def _webp_size(head: bytes) -> Optional[tuple[int, int]]:
+def _webp_size(head: bytes, file: BinaryIO) -> Optional[tuple[int, int]]:
     chunk = head[12:16]
     if chunk == b"VP8X":  # extended: 24-bit width - 1 and height - 1
         return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
@@ -311,34 +325,150 @@ def _webp_size(head: bytes) -> Optional[tuple[int, int]]:
     return None
 
 
-def _tiff_size(file: BinaryIO, order: str) -> Optional[tuple[int, int]]:
-    # The first image file directory: tags ImageWidth (256) and ImageLength (257), SHORT or LONG.
-    file.seek(4)
-    (offset,) = struct.unpack(order + "I", file.read(4))
+def _tiff_size(head: bytes, file: BinaryIO) -> Optional[tuple[int, int]]:
+    # The first image file directory: tags ImageWidth (256) and ImageLength (257), SHORT or
+    # LONG (LONG8 too in a BigTIFF, whose offsets and counts are 8 bytes).
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\x00", b"\x00+")
+    offset_format, count_format, entry_format = ("Q", "Q", "HHQ8s") if big else ("I", "H", "HHI4s")
+    (offset,) = struct.unpack(order + offset_format, head[8:16] if big else head[4:8])
     file.seek(offset)
-    (count,) = struct.unpack(order + "H", file.read(2))
+    count_size = struct.calcsize(count_format)
+    (count,) = struct.unpack(order + count_format, file.read(count_size))
+    entry_size = struct.calcsize(order + entry_format)
     found = {}
     for _ in range(min(count, 4096)):
-        tag, kind, _count, value = struct.unpack(order + "HHI4s", file.read(12))
+        tag, kind, _count, value = struct.unpack(order + entry_format, file.read(entry_size))
         if tag in (256, 257):
-            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
+            code = {3: "H", 4: "I", 16: "Q"}[kind]
+            found[tag] = struct.unpack(order + code, value[: struct.calcsize(code)])[0]
     if 256 in found and 257 in found:
         return found[256], found[257]
     return None
 
 
-def _pillow_size(path: Path) -> Optional[tuple[int, int]]:
-    """(width, height) from Pillow's header parsers, for the formats ``_header_size`` does
-    not read; None without Pillow (it is optional) or when it cannot tell."""
-    try:
-        from PIL import Image
-    except ImportError:
+def _gif_size(head: bytes, file: BinaryIO) -> tuple[int, int]:
+    return struct.unpack("<HH", head[6:10])
+
+
+def _text_header(file: BinaryIO, limit: int = 1 << 16) -> str:
+    """The start of a text header (PNM, PAM, PFM, Radiance), comments cut out."""
+    file.seek(0)
+    lines = file.read(limit).decode("latin-1").split("\n")
+    return "\n".join(line.split("#", 1)[0] if not line.startswith("#?") else "" for line in lines)
+
+
+def _pnm_size(head: bytes, file: BinaryIO) -> tuple[int, int]:
+    # PBM/PGM/PPM (P1..P6) and PFM (PF, Pf): the magic, then width and height as text.
+    _magic, width, height = _text_header(file, 4096).split()[:3]
+    return int(width), int(height)
+
+
+def _pam_size(head: bytes, file: BinaryIO) -> tuple[int, int]:
+    header = _text_header(file, 4096).split("ENDHDR", 1)[0]
+    fields = dict(line.split() for line in header.split("\n")[1:] if len(line.split()) == 2)
+    return int(fields["WIDTH"]), int(fields["HEIGHT"])
+
+
+_RADIANCE_AXES = re.compile(r"^\s*([-+])([XY])\s+(\d+)\s+([-+])([XY])\s+(\d+)\s*$", re.MULTILINE)
+
+
+def _radiance_size(head: bytes, file: BinaryIO) -> Optional[tuple[int, int]]:
+    # Header lines, a blank line, then the resolution line: "-Y 480 +X 640" (any
+    # orientation; the axis letters say which number is which).
+    header = _text_header(file)
+    blank = header.find("\n\n")
+    found = _RADIANCE_AXES.search(header, blank) if blank >= 0 else None
+    if found is None or found.group(2) == found.group(5):
         return None
-    try:
-        with Image.open(path) as opened:  # lazy: reads the header only
-            return opened.size
-    except Exception:  # not an image Pillow knows, or over Pillow's own bomb limit
-        return None
+    sides = {found.group(2): int(found.group(3)), found.group(5): int(found.group(6))}
+    return sides["X"], sides["Y"]
+
+
+def _sun_raster_size(head: bytes, file: BinaryIO) -> tuple[int, int]:
+    return struct.unpack(">II", head[4:12])
+
+
+def _boxes(data: bytes, start: int = 0, end: Optional[int] = None) -> Iterator[tuple[bytes, int, int]]:
+    """(type, content start, content end) of the ISO base media / JP2 boxes in ``data``."""
+    end = len(data) if end is None else end
+    while start + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[start:start + 8])
+        header = 8
+        if size == 1:
+            (size,) = struct.unpack(">Q", data[start + 8:start + 16])
+            header = 16
+        elif size == 0:  # to the end
+            size = end - start
+        if size < header:
+            return
+        yield kind, start + header, min(start + size, end)
+        start += size
+
+
+_BOX_BYTES = 1 << 20  # where the boxes holding the size are looked for
+
+
+def _jpeg2000_size(head: bytes, file: BinaryIO) -> Optional[tuple[int, int]]:
+    file.seek(0)
+    data = file.read(_BOX_BYTES)
+    if data.startswith(b"\xff\x4f\xff\x51"):  # a bare codestream: its SIZ segment
+        xsiz, ysiz, x0, y0 = struct.unpack(">IIII", data[8:24])
+        return xsiz - x0, ysiz - y0
+    for kind, start, end in _boxes(data):
+        if kind == b"jp2h":
+            for inner, content, _ in _boxes(data, start, end):
+                if inner == b"ihdr":
+                    height, width = struct.unpack(">II", data[content:content + 8])
+                    return width, height
+    return None
+
+
+def _avif_size(head: bytes, file: BinaryIO) -> Optional[tuple[int, int]]:
+    # Every image item (the primary one, a grid's tiles, an alpha plane) has an ImageSpatial-
+    # Extents box "ispe" in the meta box's item properties; the largest bounds the decode.
+    file.seek(0)
+    data = file.read(_BOX_BYTES)
+    sizes = []
+    for kind, start, end in _boxes(data):
+        if kind == b"meta":
+            at = data.find(b"ispe", start, end)
+            while at >= 4:
+                if struct.unpack(">I", data[at - 4:at])[0] == 20:  # size, type, version+flags, w, h
+                    sizes.append(struct.unpack(">II", data[at + 8:at + 16]))
+                at = data.find(b"ispe", at + 4, end)
+    return max(sizes, key=lambda size: size[0] * size[1]) if sizes else None
+
+
+def _is_avif(head: bytes) -> bool:
+    """An ISO base media file whose major or compatible brands name AVIF (as libavif peeks)."""
+    if head[4:8] != b"ftyp":
+        return False
+    end = min(struct.unpack(">I", head[:4])[0], len(head))
+    return any(head[at:at + 4] in (b"avif", b"avis") for at in range(8, end - 3, 4) if at != 12)  # 12: minor version
+
+
+def _is_pnm(head: bytes) -> bool:
+    return len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456Ff" and head[2:3].isspace()
+
+
+# (name, whether a file starts as one, its (width, height) from the header): every format
+# the OpenCV build edgedb ships with decodes, as its decoders' signatures tell them apart.
+_FORMATS = (
+    ("PNG", lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"), _png_size),
+    ("JPEG", lambda head: head.startswith(b"\xff\xd8\xff"), _jpeg_size),
+    ("BMP", lambda head: head.startswith(b"BM"), _bmp_size),
+    ("WebP", lambda head: head.startswith(b"RIFF") and head[8:12] == b"WEBP", _webp_size),
+    ("TIFF", lambda head: head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff_size),
+    ("GIF", lambda head: head[:6] in (b"GIF87a", b"GIF89a"), _gif_size),
+    ("PBM/PGM/PPM/PFM", _is_pnm, _pnm_size),
+    ("PAM", lambda head: head.startswith(b"P7\n"), _pam_size),
+    ("Radiance HDR", lambda head: head.startswith((b"#?RADIANCE", b"#?RGBE")), _radiance_size),
+    ("Sun raster", lambda head: head.startswith(b"\x59\xa6\x6a\x95"), _sun_raster_size),
+    ("JPEG 2000", lambda head: head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")),
+     _jpeg2000_size),
+    ("AVIF", _is_avif, _avif_size),
+)
 
 
 JPEG_TAIL_BYTES = 1 << 16  # where the end marker of a complete JPEG is looked for

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # All set-up on a fresh machine (Debian/Ubuntu, x86-64 or aarch64): the system packages the
-# C++ core and the project venv need, then edgedb with its test tools. Safe to run again.
+# C++ core and the project venv need, then edgedb with its test tools, at the versions pinned
+# in constraints.txt (what CI was green with; scripts/check_latest.sh tries the newest the
+# ranges of setup.py allow). Safe to run again: it moves what differs to the pins.
 #
 # Where edgedb goes: into the active venv or conda env (VIRTUAL_ENV / CONDA_PREFIX set), else
 # into this checkout's .venv, made with --system-site-packages so that what the system Python
@@ -35,17 +37,22 @@ if [ -z "$in_env" ] && [ ! -x .venv/bin/python ]; then
     python3 -m venv --system-site-packages .venv
 fi
 python=(scripts/python)
+# PIP_CONSTRAINT rather than -c: it reaches pip's isolated build environment too, so the
+# build requirements (setuptools, pybind11, cmake) are pinned as well. It stands in for a
+# constraint set in a pip configuration file.
+export PIP_CONSTRAINT="$PWD/constraints.txt"
 pip=("${python[@]}" -m pip install --quiet --disable-pip-version-check)
 
 # PyTorch for fine-tuning (the train extra), as a CPU build: plain `pip install torch` takes
 # a CUDA build with about 5 GB of NVIDIA libraries. PyTorch's CPU index first; where it is
-# out of reach, the CPU build this package index carries. With a GPU, install a CUDA build
-# of torch yourself before running this (it is kept).
-if ! "${python[@]}" -c "import torch" >/dev/null 2>&1; then
-    "${pip[@]}" --timeout 15 --retries 0 --index-url https://download.pytorch.org/whl/cpu torch 2>/dev/null \
-    || "${pip[@]}" "torch==2.13.0+cpu" 2>/dev/null \
-    || "${pip[@]}" "torch==2.13.0"
+# out of reach, the CPU build this package index carries. A torch of the pinned version is
+# kept, so with a GPU install that version's CUDA build yourself before running this.
+torch_pin="$(sed -n 's/^torch==\([^ #]*\).*/\1/p' constraints.txt)"
+if ! "${python[@]}" -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$torch_pin')" >/dev/null 2>&1; then
+    "${pip[@]}" --timeout 15 --retries 0 --index-url https://download.pytorch.org/whl/cpu "torch==$torch_pin" 2>/dev/null \
+    || "${pip[@]}" "torch==$torch_pin+cpu" 2>/dev/null \
+    || "${pip[@]}" "torch==$torch_pin"
 fi
 
 "${pip[@]}" -e ".[dev,train]"
-echo "setup: edgedb is installed for $("${python[@]}" -c 'import sys; print(sys.executable)'); run it as scripts/python -m edgedb" >&2
+echo "setup: edgedb is installed for $("${python[@]}" -c 'import sys; print(sys.executable)'), at the versions of constraints.txt; run it as scripts/python -m edgedb" >&2

@@ -133,11 +133,10 @@ def test_a_bad_max_pixels_is_refused(value, error):
         image_pixel_limit(value)
 
 
-def test_an_unknown_format_is_checked_once_decoded(tmp_path, monkeypatch):
-    # PPM: no header parser of ours; without Pillow the decoded size is checked.
+def test_a_header_that_says_less_is_caught_once_decoded(tmp_path, monkeypatch):
     path = tmp_path / "image.ppm"
     write(path, small_image(30, 50))
-    monkeypatch.setattr(preprocess, "_pillow_size", lambda path: None)
+    monkeypatch.setattr(preprocess, "_header_size", lambda file: ("PPM", (1, 1)))
     with pytest.raises(InvalidInputError, match="over the limit of 1,000"):
         read_image(path, max_pixels=1000)
     assert read_image(path, max_pixels=1500).shape == (30, 50, 3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Union
 
+from edgedb._files import atomic_output
 from edgedb.bench.runner import BenchmarkResult
 from edgedb.errors import InvalidInputError, MissingDependencyError
 
@@ -60,6 +61,7 @@ def plot_results(results: Sequence[BenchmarkResult], path: Union[str, Path]) -> 
     stages.tick_params(axis="x", labelrotation=15, labelsize=8)
     figure.suptitle("edgedb bench: " + ", ".join(f"{r.label} ({r.settings['backend']})" for r in results), fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=110)
     plt.close(figure)
     return path

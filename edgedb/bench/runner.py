@@ -141,6 +141,36 @@ def load_frames(folder: Union[str, Path], limit: int = 64) -> list[np.ndarray]:
     return [as_bgr_image(p) for p in paths]
 
 
+def _frames(images: Union[str, Path, Sequence[np.ndarray], None]) -> list[np.ndarray]:
+    if images is None:
+        return default_frames()
+    if isinstance(images, (str, Path)):
+        return load_frames(images)
+    frames = [np.asarray(image) for image in images]
+    if not frames:
+        raise InvalidInputError("images is empty")
+    return frames
+
+
+def check_streams_memory(frames: Sequence[np.ndarray], streams: int, batch: int, options: dict) -> None:
+    """Refuses, before any detector is made, ``streams`` detectors whose queries at once
+    (``batch`` of the largest frame each) would not fit the memory budget (edgedb.memory)."""
+    from edgedb.detector import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
+    from edgedb.memory import check_inference_memory
+    from edgedb.preprocess import check_fixed_size, padded_to, resized_shape
+
+    if options.get("input_size") is not None:
+        height, width = check_fixed_size(options["input_size"], 1)
+    else:  # as EdgeDetector prepares them, at the usual stride of 32
+        limits = dict(limit_side_len=options.get("limit_side_len", DEFAULT_LIMIT_SIDE_LEN),
+                      limit_type=options.get("limit_type", DEFAULT_LIMIT_TYPE),
+                      max_side_len=options.get("max_side_len", 4096))
+        shapes = [resized_shape(*frame.shape[:2], **limits) for frame in frames]
+        height, width = max(((padded_to(h, 32), padded_to(w, 32)) for h, w in shapes), key=lambda s: s[0] * s[1])
+    check_inference_memory(batch * height * width, f"{streams} streams of {batch}x{height}x{width} queries at once",
+                           "use fewer streams, a smaller batch or smaller frames", detectors=streams)
+
+
 def check_settings(*, batch: int, warm_up_ms: float, duration_s: float, iterations: int, streams: int) -> None:
     if batch < 1:
         raise InvalidInputError(f"batch must be at least 1, not {batch}")
@@ -244,14 +274,7 @@ def run_benchmark(
     from edgedb.detector import EdgeDetector
 
     check_settings(batch=batch, warm_up_ms=warm_up_ms, duration_s=duration_s, iterations=iterations, streams=streams)
-    if images is None:
-        frames = default_frames()
-    elif isinstance(images, (str, Path)):
-        frames = load_frames(images)
-    else:
-        frames = [np.asarray(image) for image in images]
-        if not frames:
-            raise InvalidInputError("images is empty")
+    frames = _frames(images)
     options = dict(detector_options or {})
     if input_size is not None:
         options["input_size"] = input_size
@@ -259,6 +282,7 @@ def run_benchmark(
         raise InvalidInputError("batches need frames of one size: give input_size (--input-size HxW or --shapes NxHxW)")
     owned = detectors is None
     if owned:
+        check_streams_memory(frames, streams, batch, options)
         per_worker = threads or max(1, (os.cpu_count() or 1) // streams)
         detectors = [EdgeDetector(model, backend, threads=per_worker, max_batch=max(batch, 1), **options)
                      for _ in range(streams)]
@@ -368,6 +392,8 @@ def run_comparison(
         options["input_size"] = settings["input_size"]
     check_settings(batch=settings.get("batch", 1), warm_up_ms=settings.get("warm_up_ms", 200.0),
                    duration_s=duration_s, iterations=iterations, streams=streams)
+    settings["images"] = _frames(settings.get("images"))  # decoded once, for every round
+    check_streams_memory(settings["images"], streams, settings.get("batch", 1), options)
     contenders = []
     try:
         for spec in models:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from edgedb._files import write_atomically
 from edgedb.engine import compat
 from edgedb.engine.profiles import Profile, limit_profile, static_profile
 from edgedb.engine.sidecar import EngineSidecar, file_sha256, sidecar_path, write_engine
@@ -212,7 +213,7 @@ def build_engine(
             raise EngineError(f"TensorRT {trt.__version__} could not build the engine; its messages above say why "
                               "(run with verbose=True / -v for all of them)")
         try:
-            timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+            write_atomically(timing_cache, memoryview(config.get_timing_cache().serialize()))
         except OSError as error:
             log.warning("cannot write the timing cache %s: %s", timing_cache, error)
 

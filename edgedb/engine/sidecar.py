@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shlex
 import time
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from edgedb._files import write_atomically
 from edgedb.engine.profiles import Profile
 from edgedb.errors import EngineError
 from edgedb.spec import ModelSpec
@@ -129,10 +129,7 @@ def write_engine(engine_path: Union[str, Path], plan, sidecar: EngineSidecar) ->
     """Writes the engine and then its sidecar, each atomically (a crash leaves no half file)."""
     engine_path = Path(engine_path)
     for path, payload in ((engine_path, memoryview(plan)), (sidecar_path(engine_path), sidecar.to_json().encode())):
-        temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(temporary, "wb") as stream:
-            stream.write(payload)
-        temporary.replace(path)
+        write_atomically(path, payload)
 
 
 def read_sidecar(engine_path: Union[str, Path]) -> EngineSidecar:

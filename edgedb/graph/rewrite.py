@@ -15,6 +15,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from edgedb import __version__
+from edgedb._checks import path_text
+from edgedb._files import save_onnx
 from edgedb.errors import ModelError
 from edgedb.graph import passes
 from edgedb.graph import simplify as simplify_passes
@@ -35,11 +37,12 @@ def load_model(model: Union[onnx.ModelProto, str, Path]) -> onnx.ModelProto:
     """A ModelProto from a path (or the proto itself).
 
     Raises:
+        InvalidInputTypeError: neither a ModelProto nor a str or os.PathLike.
         ModelError: the file is missing, unreadable or not an ONNX model.
     """
     if isinstance(model, onnx.ModelProto):
         return model
-    path = Path(model)
+    path = Path(path_text("model", model, "an onnx.ModelProto or a path to an ONNX file"))
     if not path.is_file():
         raise ModelError(f"no model file {str(path)!r}")
     try:
@@ -166,7 +169,8 @@ def rewrite_file(
     src: Union[str, Path], dst: Union[str, Path], spec: Optional[ModelSpec] = None, **options
 ) -> ModelSpec:
     """Rewrites the model at ``src`` (see ``rewrite_model``) and saves it to ``dst``."""
+    dst = path_text("dst", dst)  # before the rewrite's work
     rewritten, spec = rewrite_model(src, spec, **options)
-    onnx.save(rewritten, str(dst))
+    save_onnx(rewritten, dst)
     log.info("wrote %s", dst)
     return spec

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from edgedb._files import atomic_output
 from edgedb.errors import InvalidInputError, ModelError
 from edgedb.preprocess import IMAGE_SUFFIXES
 
@@ -134,7 +135,8 @@ class CalibrationStats(dict):
             arrays[f"h{i}"] = s.histogram
         meta = {"key": self.key, "tensors": [[n, s.minimum, s.maximum, s.edge] for n, s in self.items()]}
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, meta=json.dumps(meta), **arrays)
+        with atomic_output(path) as temporary:  # its suffix is .npz, so numpy adds none
+            np.savez_compressed(temporary, meta=json.dumps(meta), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "CalibrationStats":

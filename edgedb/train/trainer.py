@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from edgedb._checks import integer_at_least
+from edgedb._files import save_onnx
 from edgedb.errors import InvalidInputError, MissingDependencyError, ModelError
 from edgedb.spec import ModelSpec
 
@@ -74,8 +75,6 @@ class FinetuneResult:
         return self.model is not None
 
     def save(self, path: Union[str, Path]) -> Path:
-        import onnx
-
         if self.model is None:
             raise ModelError(f"not writing {path}: no checkpoint beat the base model on validation "
                              f"(base hmean {self.base.hmean:.3f}, best {self.best.hmean:.3f}); try more steps, a "
@@ -83,7 +82,7 @@ class FinetuneResult:
         path = Path(path)
         if not path.parent.is_dir():
             raise InvalidInputError(f"output folder {path.parent} does not exist")
-        onnx.save(self.model, str(path))
+        save_onnx(self.model, path)
         return path
 
 
