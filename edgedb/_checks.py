@@ -37,3 +37,27 @@ def integer_at_least(name: str, value, low: int) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
         raise InvalidInputError(f"{name} must be an integer >= {low}, not {value!r}")
     return int(value)
+
+
+SEED_LIMIT = 2**32  # numpy's and PyTorch's seeds: 0 .. 2**32 - 1
+
+
+def seed_value(name: str, value) -> int:
+    """``value`` as a seed numpy and PyTorch both take: an integer in 0 .. 2**32 - 1."""
+    seed = integer_at_least(name, value, 0)
+    if seed >= SEED_LIMIT:
+        raise InvalidInputError(f"{name} must be at most {SEED_LIMIT - 1}, not {value!r}")
+    return seed
+
+
+def thread_count(name: str, value) -> int | None:
+    """``value`` (None: all cores) as a thread count from 1 to this machine's cores: more
+    only queue for the same cores, and thousands of them once stalled a 2-core machine."""
+    if value is None:
+        return None
+    count = integer_at_least(name, value, 1)
+    cores = os.cpu_count() or 1
+    if count > cores:
+        raise InvalidInputError(f"{name}={count} on a machine with {cores} cores: give at most {cores} "
+                                "(None uses them all)")
+    return count

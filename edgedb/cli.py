@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 from edgedb._files import atomic_output, save_onnx, write_atomically
+from edgedb.bench.runner import MAX_STREAMS, STREAMS_PER_CORE, max_streams
 from edgedb.errors import EdgeDBError, InvalidInputError
 from edgedb.preprocess import IMAGE_SUFFIXES
 
@@ -25,6 +29,11 @@ log = logging.getLogger("edgedb")
 #: The largest side --input-size and --limit-side-len take: an 8192x8192 float32 frame is
 #: already 800 MB, more than an edge device should be asked for by a typing slip.
 MAX_SIDE = 8192
+#: The network's stride: every DBNet downsamples by 32, so a fixed input is a multiple of it.
+INPUT_STRIDE = 32
+#: Cores of this machine: --threads takes no more (thousands of ONNX Runtime threads once
+#: put a 2-core machine's load past 3,000); --streams is bounded by edgedb.bench.max_streams.
+CORES = os.cpu_count() or 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +51,23 @@ def _size(text: str) -> tuple[int, int]:
     if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
         raise argparse.ArgumentTypeError(f"{text!r}: both sides must be 1..{MAX_SIDE}")
     return height, width
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    """A fixed network input HxW, checked as the detector checks it (multiples of the
+    stride, within the memory budget: edgedb.preprocess.check_fixed_size) before any model
+    loads: 33x33 once got as far as an ONNX Runtime broadcast error."""
+    from edgedb.preprocess import check_fixed_size
+
+    height, width = _size(text)
+    if height % INPUT_STRIDE or width % INPUT_STRIDE:  # said with the nearest size that works
+        up = f"{-(-height // INPUT_STRIDE) * INPUT_STRIDE}x{-(-width // INPUT_STRIDE) * INPUT_STRIDE}"
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be multiples of {INPUT_STRIDE}, the network's "
+                                         f"stride (such as {up})")
+    try:
+        return check_fixed_size((height, width), INPUT_STRIDE)
+    except InvalidInputError as error:
+        raise argparse.ArgumentTypeError(_in_cli_words(str(error), {"input_size": "--input-size"})) from None
 
 
 def _bounded_int(low: int, high: Optional[int] = None):
@@ -65,8 +91,10 @@ def _bounded_float(low: float, high: Optional[float] = None, *, open_low: bool =
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        if not math.isfinite(value):  # an infinite warm-up or duration never ends
+            raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
         too_low = value <= low if open_low else value < low
-        if value != value or too_low or (high is not None and value > high):
+        if too_low or (high is not None and value > high):
             bounds = f"{'above' if open_low else 'at least'} {low}" + (f", at most {high}" if high is not None else "")
             raise argparse.ArgumentTypeError(f"{text} is out of range: {bounds}")
         return value
@@ -79,6 +107,58 @@ _count = _bounded_int(1)
 _side = _bounded_int(1, MAX_SIDE)
 
 
+def _threads(text: str) -> int:
+    value = _count(text)
+    if value > CORES:
+        raise argparse.ArgumentTypeError(f"{value} threads on a machine with {CORES} cores: give at most {CORES}")
+    return value
+
+
+def _streams(text: str) -> int:
+    value = _count(text)
+    if value > max_streams():
+        raise argparse.ArgumentTypeError(f"{value} streams on a machine with {CORES} cores: give at most "
+                                         f"{max_streams()} ({STREAMS_PER_CORE} per core, {MAX_STREAMS} in all)")
+    return value
+
+
+def _counted(count: int, one: str, many: Optional[str] = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+# Library arguments whose flag is not their name with dashes (the rest are found from the
+# parser): a CLI error names the flag, never the Python argument ("pass gt_dir" once).
+_FLAG_OF_ARGUMENT = {"gt_dir": "--gt", "images_dir": "--images", "warm_up_ms": "--warm-up", "duration_s": "--duration",
+                     "workspace_mib": "--workspace", "image_sizes": "--image-size", "cache_dir": "--cache"}
+
+
+def _flags_of(parser: argparse.ArgumentParser) -> dict:
+    """Python argument name -> flag, for the long flags of ``parser``."""
+    flags = dict(_FLAG_OF_ARGUMENT)
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                flags.setdefault(option[2:].replace("-", "_"), option)
+    return flags
+
+
+def _in_cli_words(message: str, flags: dict) -> str:
+    """``message`` with each Python argument name said as its flag: a name with an
+    underscore wherever it stands, a plain word ("seed") only as the subject of a check
+    ("seed must ...", "threads=9"), where it cannot be ordinary prose. Names inside dotted
+    or $-prefixed names (edgedb.memory.MEMORY_BUDGET) are left."""
+    if not flags:
+        return message
+    names = "|".join(sorted((re.escape(name) for name in flags), key=len, reverse=True))
+
+    def said(found: re.Match) -> str:
+        name = found.group(1)
+        checked = re.match(r"(=| must\b)", message[found.end():])
+        return flags[name] if "_" in name or checked else name
+
+    return re.sub(rf"(?<![\w.$-])({names})(?![\w])", said, message)
+
+
 # ---------------------------------------------------------------------------
 # Shared arguments
 # ---------------------------------------------------------------------------
@@ -87,12 +167,14 @@ _side = _bounded_int(1, MAX_SIDE)
 def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "model spec (edgedb.ModelSpec), for exports edgedb cannot read by itself; used before any guess")
-    group.add_argument("--input-name", help="the image input")
-    group.add_argument("--prob-output", help="the probability-map output")
-    group.add_argument("--channel-order", choices=["BGR", "RGB"], help="what the network was trained on")
-    group.add_argument("--mean", type=_bounded_float(-10, 10), nargs=3, help="per-channel mean on the 0..1 scale")
+    known = "(default: what edgedb knows of the model, else a guess)"
+    group.add_argument("--input-name", help=f"the image input {known}")
+    group.add_argument("--prob-output", help=f"the probability-map output {known}")
+    group.add_argument("--channel-order", choices=["BGR", "RGB"], help=f"what the network was trained on {known}")
+    group.add_argument("--mean", type=_bounded_float(-10, 10), nargs=3,
+                       help=f"per-channel mean on the 0..1 scale {known}")
     group.add_argument("--std", type=_bounded_float(0, open_low=True), nargs=3,
-                       help="per-channel std on the 0..1 scale")
+                       help=f"per-channel std on the 0..1 scale {known}")
 
 
 def _spec_overrides(args: argparse.Namespace) -> dict:
@@ -146,13 +228,19 @@ def _model_spec(args: argparse.Namespace, model: str, *, required: bool = True):
     return base.with_(**overrides)
 
 
-def _check_output(path, what: str, inputs: Sequence = ()) -> None:
-    """Fails before any work when ``path`` cannot be written or would replace an input."""
+def _check_output(path, what: str, inputs: Sequence = (), *, make_folder: bool = False) -> None:
+    """Fails before any work when ``path`` cannot be written or would replace an input;
+    ``make_folder`` creates its folder instead of refusing a missing one."""
     if path is None or str(path) == "-":
         return
     path = Path(path)
     if path.is_dir():
         raise EdgeDBError(f"{what} {path} is a folder; give a file name")
+    if make_folder and not path.resolve().parent.exists():
+        try:
+            path.resolve().parent.mkdir(parents=True)
+        except OSError as error:
+            raise EdgeDBError(f"{what} {path}: cannot create the folder {path.parent}: {error.strerror}") from None
     if not path.resolve().parent.is_dir():
         raise EdgeDBError(f"{what} {path}: the folder {path.parent} does not exist")
     for item in inputs:
@@ -167,6 +255,15 @@ def _write_text(path, text: str) -> None:
         write_atomically(path, text)
 
 
+def _without_name(reason: str, name) -> str:
+    """``reason`` without the file it starts with: "x.jpg is not an image" -> "not an image"."""
+    for said in dict.fromkeys((str(name), Path(name).name)):
+        if reason.startswith(said):
+            rest = reason[len(said):].lstrip(" :")
+            return rest[3:] if rest.startswith("is ") else rest
+    return reason
+
+
 class _Skipped:
     """The images a batch command could not read: each said on stderr as it happens, all
     counted in the summary and the JSON; with ``strict`` the first one ends the run."""
@@ -179,8 +276,7 @@ class _Skipped:
             reason = str(error) if str(name) in str(error) else f"{name}: {error}"
             raise EdgeDBError(f"{reason} (--strict; leave it out to skip such images)")
         reason = str(error)
-        said = reason if str(name) in reason else f"{name}: {reason}"
-        print(f"edgedb {self.command}: skipped {said}", file=sys.stderr)
+        print(f"edgedb {self.command}: skipped {name}: {_without_name(reason, name)}", file=sys.stderr)
         self.items.append({"file": str(name), "reason": reason})
 
     def summary(self) -> str:
@@ -188,6 +284,8 @@ class _Skipped:
 
     def check_some_left(self, kept: int, what: str = "images") -> None:
         if kept == 0 and self.items:
+            if len(self.items) == 1:
+                raise EdgeDBError(f"the one {what[:-1]} could not be read")
             raise EdgeDBError(f"none of the {len(self.items)} {what} could be read")
 
 
@@ -261,9 +359,10 @@ def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"side limit of the resize (default {DEFAULT_LIMIT_SIDE_LEN})")
     group.add_argument("--limit-type", choices=["min", "max"], default=DEFAULT_LIMIT_TYPE,
                        help=f"max: longer side at most the limit; min: shorter side at least (default {DEFAULT_LIMIT_TYPE})")
-    group.add_argument("--input-size", type=_size, metavar="HxW",
-                       help="letterbox every image into this fixed input size (multiples of 32)")
-    group.add_argument("--threads", type=_count, help="CPU threads (default: all cores)")
+    group.add_argument("--input-size", type=_input_size, metavar="HxW",
+                       help="letterbox every image into this fixed input size (multiples of 32; default: the "
+                            "limit mode, aspect kept)")
+    group.add_argument("--threads", type=_threads, help=f"CPU threads, at most the {CORES} cores (default: all cores)")
     group.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
                        help="convert the ONNX model to this precision first (default: its own); "
                             "int8 and best need --calib")
@@ -398,7 +497,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             report.append({"image": name, "height": image.shape[0], "width": image.shape[1],
                            "boxes": [box.to_dict() for box in boxes]})
             if not args.json:
-                print(f"{name}: {len(boxes)} boxes")
+                print(f"{name}: {_counted(len(boxes), 'box', 'boxes')}")
                 for box in boxes:
                     print(f"  {box.score:.3f}  " + " ".join(f"{x:.0f},{y:.0f}" for x, y in box.points))
             if args.draw:
@@ -409,9 +508,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         _write_text(args.json, json.dumps({"images": report, "skipped": skipped.items,
                                            "interrupted": interruption.happened}, indent=1))
         if str(args.json) != "-":
-            print(f"wrote {args.json} ({len(report)} images{skipped.summary()}{interruption.summary()})")
+            print(f"wrote {args.json} ({_counted(len(report), 'image')}{skipped.summary()}{interruption.summary()})")
     elif skipped.items:
-        print(f"{len(report)} images{skipped.summary()}")
+        print(f"{_counted(len(report), 'image')}{skipped.summary()}")
     interruption.resume()
     skipped.check_some_left(len(report))
     return 0
@@ -439,9 +538,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         interruption.resume()
     skipped.check_some_left(len(results))
     summary = EvalResult.from_images(results)
-    print(f"{len(results)} images{skipped.summary()}{interruption.summary()}: precision {summary.precision:.4f}  "
-          f"recall {summary.recall:.4f}  hmean {summary.hmean:.4f}  ({summary.matched} matched, "
-          f"{summary.gt_care} ground truth, {summary.det_care} detections)")
+    print(f"{_counted(len(results), 'image')}{skipped.summary()}{interruption.summary()}: "
+          f"precision {summary.precision:.4f}  recall {summary.recall:.4f}  hmean {summary.hmean:.4f}  "
+          f"({summary.matched} matched, {summary.gt_care} ground truth, {summary.det_care} detections)")
     if args.json:
         _write_text(args.json, json.dumps({**summary.to_dict(), "skipped": skipped.items,
                                            "interrupted": interruption.happened}, indent=1))
@@ -536,8 +635,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
                 result, report = correct_biases(model, result, images, limit_side_len=args.limit_side_len,
                                                 limit_type=args.limit_type, input_size=args.input_size)
-                print(f"bias correction: {report.corrected} convolutions given FP32's output means on "
-                      f"{report.frames} calibration images ({report.seconds:.0f} s)")
+                print(f"bias correction: {_counted(report.corrected, 'convolution')} given FP32's output means on "
+                      f"{_counted(report.frames, 'calibration image')} ({report.seconds:.0f} s)")
             if args.qat:
                 if args.bias_correction:
                     print("--qat tries the bias correction itself and starts from it when it agrees better with FP32")
@@ -558,16 +657,18 @@ def _quantization_aware(args: argparse.Namespace, model, quantized, images):
 
         files = [gt_path(args.gt, image) for image in images]
         if not any(f.is_file() for f in files):
-            raise EdgeDBError(f"--gt {args.gt} holds no gt_<image>.txt for any of the {len(images)} calibration images")
+            raise EdgeDBError(f"--gt {args.gt} holds no gt_<image>.txt for any of the "
+                              f"{_counted(len(images), 'calibration image')}")
         ground_truth = [load_icdar_gt(f) if f.is_file() else None for f in files]
-        print(f"labels for {sum(g is not None for g in ground_truth)} of {len(images)} calibration images")
+        print(f"labels for {sum(g is not None for g in ground_truth)} of {_counted(len(images), 'calibration image')}")
     outcome = distill_int8(model, quantized, images, steps=args.steps, limit_side_len=args.limit_side_len,
                            limit_type=args.limit_type, input_size=args.input_size,
                            bias_correction=not args.no_bias_correction, ground_truth=ground_truth,
                            time_limit=args.time_limit)
     if outcome.choice:
         print(outcome.choice)
-    print(f"quantization-aware training from the {outcome.start} model; on {outcome.held_back} held-back images: "
+    print(f"quantization-aware training from the {outcome.start} model; "
+          f"on {_counted(outcome.held_back, 'held-back image')}: "
           f"post-training {outcome.ptq}, best {outcome.best} (step {outcome.best_step} of {outcome.steps}, "
           f"{outcome.seconds:.0f} s)")
     if not outcome.improved:
@@ -632,7 +733,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                      input_size=args.input_size)
     print(format_reports(reports))
     if skipped.items:
-        print(f"{len(samples)} images{skipped.summary()}")
+        print(f"{_counted(len(samples), 'image')}{skipped.summary()}")
     if args.json:
         _write_text(args.json, json.dumps({"models": [r.to_dict() for r in reports], "skipped": skipped.items},
                                           indent=1))
@@ -657,12 +758,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         profile = explicit_profile(parse_shape(args.min_shape), parse_shape(args.opt_shape) if args.opt_shape else None,
                                    parse_shape(args.max_shape))
     source = resolve_model(args.model)
-    _check_output(args.output, "--output", [source])
-    if args.timing_cache is not None:
-        _check_output(args.timing_cache, "--timing-cache", [source])
-    spec = _model_spec(args, args.model)
-    import_tensorrt()  # a missing extra is said before any CPU work
+    import_tensorrt()  # a missing extra is said before the output is looked at or any CPU work
     import_pycuda_driver()
+    for path, what in ((args.output, "--output"), (args.timing_cache, "--timing-cache")):
+        if path is not None:
+            _check_output(path, what, [source], make_folder=True)
+    spec = _model_spec(args, args.model)
     skipped = _Skipped("build", args.strict)
     calib = _calibration_set(args.calib, skipped)
     options = BuildOptions(workspace_mib=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
@@ -711,7 +812,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.input_size:
             raise EdgeDBError("give --shapes NxHxW or --input-size HxW, not both")
         batch, height, width = parse_shape(args.shapes)
-        input_size = (height, width)
+        try:
+            input_size = _input_size(f"{height}x{width}")
+        except argparse.ArgumentTypeError as error:
+            raise EdgeDBError(f"--shapes {args.shapes}: {error}") from None
     for path, what in ((args.json, "--json"), (args.export_times, "--export-times"),
                        (args.export_profile, "--export-profile"), (args.plot, "--plot")):
         _check_output(path, what)
@@ -770,7 +874,8 @@ def _add_input_size_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"side limit of the resize (default {DEFAULT_LIMIT_SIDE_LEN})")
     group.add_argument("--limit-type", choices=["min", "max"], default=DEFAULT_LIMIT_TYPE,
                        help=f"max: longer side at most the limit; min: shorter side at least (default {DEFAULT_LIMIT_TYPE})")
-    group.add_argument("--input-size", type=_size, metavar="HxW", help="fixed (letterboxed) input size")
+    group.add_argument("--input-size", type=_input_size, metavar="HxW",
+                       help="fixed (letterboxed) input size, multiples of 32 (default: the limit mode, aspect kept)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -844,12 +949,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "activations; best: INT8 convolutions with float16 between them, for TensorRT")
     quantize.add_argument("--calib", help="calibration images: a folder or a list file (INT8)")
     quantize.add_argument("--target", choices=["tensorrt", "cpu"], default="tensorrt",
-                          help="tensorrt: signed symmetric Q/DQ on convolutions; cpu: uint8 QDQ ONNX Runtime fuses")
+                          help="tensorrt: signed symmetric Q/DQ on convolutions; cpu: uint8 QDQ ONNX Runtime fuses "
+                          "(default tensorrt)")
     quantize.add_argument("--method", choices=["max", "percentile", "entropy", "mse"], default="percentile",
                           help="how activation ranges are chosen (default percentile)")
-    quantize.add_argument("--exclude", nargs="*", default=[], metavar="NODE", help="Conv nodes to keep in float")
+    quantize.add_argument("--exclude", nargs="*", default=[], metavar="NODE",
+                          help="Conv nodes to keep in float (default: none)")
     quantize.add_argument("--auto-exclude", type=_bounded_int(0), default=0, metavar="K",
-                          help="also keep the K convolutions most hurt by INT8 in float (sensitivity search)")
+                          help="also keep the K convolutions most hurt by INT8 in float (sensitivity search; "
+                          "default 0: none)")
     quantize.add_argument("--sensitivity-images", type=_count, default=4, help="images the search uses (default 4)")
     quantize.add_argument("--full-range-weights", action="store_true",
                           help="--target cpu: 8-bit instead of 7-bit weights, for CPUs with VNNI or ARM dot products "
@@ -874,7 +982,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--time-limit", type=_bounded_float(0, open_low=True), default=600.0, metavar="SECONDS",
                           help="--qat: stop training so the whole call ends within this many seconds (default 600)")
     quantize.add_argument("--cache", type=Path, default=None,
-                          help="calibration statistics cache folder (default calibration/cache)")
+                          help="calibration statistics cache folder (default: calibration/ in edgedb's cache folder "
+                          "($EDGEDB_CACHE, else $XDG_CACHE_HOME/edgedb or ~/.cache/edgedb))")
     _add_input_size_arguments(quantize)
     _add_spec_arguments(quantize)
     _add_strict_argument(quantize)
@@ -909,19 +1018,22 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--method", choices=["max", "percentile", "entropy", "mse"], default="percentile",
                        help="INT8 activation ranges (default percentile)")
     shapes = build.add_argument_group("shapes (edgedb.engine.choose_profile)")
-    shapes.add_argument("--input-size", type=_size, metavar="HxW", help="static profile: every frame letterboxed into HxW")
+    shapes.add_argument("--input-size", type=_input_size, metavar="HxW",
+                        help="static profile: every frame letterboxed into HxW, multiples of 32 (default: limit mode)")
     shapes.add_argument("--limit-side-len", type=_side, default=736, help="limit mode side limit (default 736)")
     shapes.add_argument("--limit-type", choices=["min", "max"], default="min", help="limit mode type (default min)")
     _add_engine_shape_arguments(shapes)
     shapes.add_argument("--min-shape", metavar="NxHxW", help="explicit profile instead (as trtexec --minShapes)")
     shapes.add_argument("--opt-shape", metavar="NxHxW", help="(default: min batch, max height and width)")
-    shapes.add_argument("--max-shape", metavar="NxHxW")
+    shapes.add_argument("--max-shape", metavar="NxHxW", help="(with --min-shape; no default)")
     trt_options = build.add_argument_group("TensorRT (edgedb.engine.BuildOptions)")
-    trt_options.add_argument("--workspace", type=_count, metavar="MiB", help="workspace pool limit (trtexec --memPoolSize)")
+    trt_options.add_argument("--workspace", type=_count, metavar="MiB",
+                             help="workspace pool limit (trtexec --memPoolSize; default: TensorRT's, the GPU's memory)")
     trt_options.add_argument("--timing-cache", type=Path, metavar="FILE",
                              help="read and write kernel timings here (default: one per GPU and TensorRT version "
                                   "beside the engine)")
-    trt_options.add_argument("--dla-core", type=_bounded_int(0), metavar="N", help="build for DLA core N (static shapes, fp16/int8)")
+    trt_options.add_argument("--dla-core", type=_bounded_int(0), metavar="N",
+                             help="build for DLA core N (static shapes, fp16/int8; default: the GPU, no DLA)")
     trt_options.add_argument("--gpu-fallback", action="store_true", help="with --dla-core: unsupported layers on the GPU")
     trt_options.add_argument("--builder-optimization-level", type=_bounded_int(0, 5), metavar="L", help="0..5 (TensorRT default 3)")
     _add_spec_arguments(build)
@@ -937,27 +1049,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--export-times (--exportTimes), --export-profile (--exportProfile). Several models run in "
         "interleaved rounds and are compared with the first (model@backend picks a backend per model). "
         "Ctrl-C prints what was measured so far.")
-    bench.add_argument("models", nargs="+", metavar="MODEL", help="zoo name, ONNX or engine file; MODEL@cpu or "
-                       "MODEL@tensorrt for its backend")
+    bench.add_argument("models", nargs="*", default=["ppocrv4-det"], metavar="MODEL",
+                       help="zoo name, ONNX or engine file; MODEL@cpu or MODEL@tensorrt for its backend (default "
+                       "ppocrv4-det, as detect)")
     bench.add_argument("--backend", default="auto", choices=["auto", "cpu", "onnxruntime", "tensorrt"],
                        help="default backend of the models (default auto)")
-    bench.add_argument("--input-size", type=_size, metavar="HxW", help="letterbox every frame into HxW "
-                       "(default: the detector's limit mode, aspect kept)")
+    bench.add_argument("--input-size", type=_input_size, metavar="HxW", help="letterbox every frame into HxW, "
+                       "multiples of 32 (default: the detector's limit mode, aspect kept)")
     bench.add_argument("--shapes", metavar="NxHxW", help="batch and input size at once, as trtexec --shapes")
     bench.add_argument("--batch", type=_bounded_int(1, 1024), default=1, help="frames per query (default 1; needs a fixed input size)")
     bench.add_argument("--warm-up", type=_bounded_float(0), default=200.0, metavar="MS", help="warm-up in ms, dropped (default 200)")
     bench.add_argument("--duration", type=_bounded_float(0), default=3.0, metavar="S", help="run at least S seconds (default 3)")
     bench.add_argument("--iterations", type=_bounded_int(0), default=10, metavar="N", help="and at least N queries (default 10)")
-    bench.add_argument("--streams", type=_bounded_int(1, 256), default=1, metavar="K",
-                       help="K concurrent workers, each with its own detector (default 1)")
+    bench.add_argument("--streams", type=_streams, default=1, metavar="K",
+                       help=f"K concurrent workers, each with its own detector: at most {STREAMS_PER_CORE} per core "
+                       f"and {MAX_STREAMS} in all ({max_streams()} here), within the memory budget (default 1)")
     bench.add_argument("--rounds", type=_count, default=3, help="compare mode: interleaved rounds (default 3)")
     bench.add_argument("--images", type=Path, metavar="DIR",
                        help="real images, decoded before timing (default: generated text scenes)")
     bench.add_argument("--infer-only", action="store_true", help="time the network alone on prepared frames")
-    bench.add_argument("--threads", type=_count, help="CPU threads per worker (default: cores / streams)")
+    bench.add_argument("--threads", type=_threads,
+                       help="CPU threads per worker, at most the cores (default: cores / streams)")
     bench.add_argument("--limit-side-len", type=_side, help="detector side limit (default 736)")
     bench.add_argument("--limit-type", choices=["min", "max"], help="detector limit type (default min)")
-    bench.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"], help="convert ONNX models first")
+    bench.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
+                       help="convert ONNX models first (default: each model's own)")
     bench.add_argument("--calib", help="calibration images for int8/best")
     bench.add_argument("--export-times", metavar="FILE", help="every query's start, end and stage times as JSON")
     bench.add_argument("--export-profile", metavar="FILE",
@@ -978,11 +1094,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "PaddleOCR label file (image<TAB>[{\"points\": ...}])")
     train.add_argument("--gt", type=Path, help="ground-truth folder (gt_<image>.txt); default: beside the images")
     train.add_argument("--val-images", type=Path, help="validation images (default: 20%% of the training images)")
-    train.add_argument("--val-gt", type=Path, help="validation ground truth")
+    train.add_argument("--val-gt", type=Path, help="validation ground truth (default: beside the validation images)")
     train.add_argument("--base", default="ppocrv4-det", help="zoo name or DBNet ONNX to start from (default ppocrv4-det)")
     train.add_argument("--steps", type=_count, default=200, help="optimizer steps (default 200)")
     train.add_argument("--batch-size", type=_bounded_int(1, 1024), default=8, help="crops per step (default 8)")
-    train.add_argument("--crop", type=_bounded_int(32, MAX_SIDE), default=384, help="crop side in pixels (default 384)")
+    train.add_argument("--crop", type=_bounded_int(64, MAX_SIDE), default=384, help="crop side in pixels (default 384)")
     train.add_argument("--lr", type=_bounded_float(0, 10, open_low=True), default=3e-4, help="peak learning rate of Adam (default 3e-4)")
     train.add_argument("--scale", type=float, nargs=2, default=(0.7, 1.4), metavar=("MIN", "MAX"),
                        help="random scale range of the crops; 1 is the size the detector runs at (default 0.7 1.4)")
@@ -996,13 +1112,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "at 0.3 (default 0: all train)")
     train.add_argument("--binary-loss", choices=["dice", "bce"], default="bce",
                        help="Lb's form: bce as in the DB paper, or dice (default bce)")
-    train.add_argument("--threads", type=_count, help="CPU threads (default: the free cores)")
+    train.add_argument("--threads", type=_threads, help="CPU threads, at most the cores (default: the free cores)")
     train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when PyTorch sees a GPU")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--seed", type=_bounded_int(0, 2**32 - 1), default=0, help="random seed, 0..2^32-1 (default 0)")
     train.add_argument("--output", "-o", type=Path, required=True, help="where to write the fine-tuned ONNX")
     _add_spec_arguments(train)
     _add_strict_argument(train)
     train.set_defaults(run=_cmd_train)
+    for subparser in commands.choices.values():
+        subparser.set_defaults(cli_flags=_flags_of(subparser))
     return parser
 
 
@@ -1069,7 +1187,7 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # e.g. piped into head
         return 0
     except EdgeDBError as error:
-        message = str(error)
+        message = _in_cli_words(str(error), getattr(args, "cli_flags", {}))
     except MemoryError:
         message = "out of memory: try a smaller --input-size / --limit-side-len or fewer images at once"
     except OSError as error:  # permission denied, disk full, ...

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from edgedb._checks import thread_count
 from edgedb._files import save_onnx
 from edgedb.backends import create_backend, resolve_backend_name
 from edgedb.boxes import TextBox, boxes_from_prob
@@ -154,7 +155,7 @@ class EdgeDetector:
             ``limit_side_len``, ``max_side_len`` and ``input_size`` sides are at most
             ``edgedb.preprocess.MAX_INPUT_SIDE`` (16384), and a network input at most
             ``MAX_INPUT_PIXELS`` (8192 x 8192): larger values raise InvalidInputError.
-        threads: CPU threads for the backend, >= 1 (default: all cores).
+        threads: CPU threads for the backend, 1 .. this machine's cores (default: all cores).
         thresh, box_thresh, unclip_ratio, max_candidates, min_size, score_mode, box_type,
         use_dilation: box formation, as in :func:`edgedb.boxes_from_prob`.
 
@@ -193,6 +194,7 @@ class EdgeDetector:
         boxes_from_prob(np.zeros((1, 1), np.float32), **self._box_options)  # checks the options now
         self.limit_side_len, self.limit_type, self.max_side_len = check_limits(limit_side_len, limit_type, max_side_len)
         _check_count("threads", threads, minimum=1, optional=True)
+        thread_count("threads", threads)  # before the model loads
         _check_count("max_batch", max_batch, minimum=1)
         _check_count("device", device, minimum=0)
         check_fixed_size(input_size, 1)  # bounds before the model loads; the stride is checked below

@@ -79,7 +79,7 @@ def check_inference_memory(pixels: int, what: str, advice: str, *, detectors: in
     if available is not None and available < configured:
         budget = f"the {_gib(available)} this machine has available"
     else:
-        budget = (f"the memory budget of {_gib(configured)} (edgedb.memory.MEMORY_BUDGET or ${MEMORY_BUDGET_ENV}; "
+        budget = (f"the memory budget of {_gib(configured)} (${MEMORY_BUDGET_ENV}, or edgedb.memory.MEMORY_BUDGET in Python; "
                   "raise it if this machine has the memory)")
     raise InvalidInputError(
         f"{what}: about {_gib(needed)} needed ({DETECTOR_BYTES >> 20} MiB per detector + {BYTES_PER_INPUT_PIXEL} "

@@ -47,6 +47,14 @@ if ! "${pip[@]}" --timeout 15 --retries 0 --index-url https://download.pytorch.o
     fi
 fi
 
+# Keep that build through the eager upgrade below, which would otherwise swap it for the
+# newest release of plain PyPI, a CUDA build.
+torch_installed="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || true)"
+if [ -n "$torch_installed" ]; then
+    echo "torch==$torch_installed" > "$work/keep-torch.txt"
+    export PIP_CONSTRAINT="$work/keep-torch.txt"
+fi
+
 echo "check_latest: installing edgedb[dev,train] with the newest versions its ranges allow" >&2
 # The build requirements in the venv itself (no isolated build), so they are listed below too.
 build_requires="$("$venv/bin/python" -c 'import re, tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' 2>/dev/null \
@@ -57,7 +65,7 @@ build_requires="$("$venv/bin/python" -c 'import re, tomllib; print(" ".join(toml
 
 versions="$work/constraints-latest.txt"
 {
-    echo "# Written by scripts/check_latest.sh on $(date -u +%Y-%m-%dT%H:%MZ), $(python3 -c 'import platform; print(platform.python_version(), platform.machine())')"
+    echo "# Written by scripts/check_latest.sh on $(date -u +%Y-%m-%dT%H:%MZ), $(python3 -c 'import platform; print(platform.python_version(), platform.machine())'), torch as its newest CPU build"
     "$venv/bin/python" -m pip freeze --exclude-editable --all | grep -v '^pip=='
 } > "$versions"
 echo "check_latest: versions installed (against constraints.txt):" >&2

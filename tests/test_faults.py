@@ -73,6 +73,22 @@ def test_ctrl_c_while_loading_is_one_line(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in captured.err
 
 
+def test_a_real_sigint_during_detect_over_a_folder(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    for index in range(150):  # far more than the moment the signal takes to arrive
+        cv2.imwrite(str(tmp_path / f"scan-{index:03d}.png"), make_text_image(index % 3, size=(96, 128)).image)
+    process = subprocess.Popen([sys.executable, "-m", "edgedb", "detect", str(tmp_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.readline()  # the first image's line: the folder is being detected
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "edgedb detect: interrupted" and "Traceback" not in err
+
+
 # -- a full disk ------------------------------------------------------------------------
 
 

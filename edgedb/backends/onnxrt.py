@@ -10,6 +10,7 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 
+from edgedb._checks import thread_count
 from edgedb.backends.base import Backend
 from edgedb.errors import EdgeDBError, InvalidInputError, ModelError
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 def session_options(threads: Optional[int] = None, *, qdq_transforms: bool = True):
     import onnxruntime as ort
 
+    threads = thread_count("threads", threads)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # No memory arena: after one huge frame the arena kept 2.2 GB for the life of the

@@ -30,15 +30,22 @@ def format_system(system: dict) -> str:
     return ", ".join(parts)
 
 
+def _shape(shape) -> str:
+    return "x".join(map(str, shape))
+
+
 def format_settings(settings: dict) -> str:
-    shape = "x".join(map(str, settings.get("frame_shape", [])))
+    shape = _shape(settings.get("frame_shape", []))
     mode = (f"input size {settings['input_size'][0]}x{settings['input_size'][1]}" if settings.get("input_size")
             else "limit mode (aspect kept)")
+    if settings.get("input_shapes", 1) > 1:
+        mode += (f"; {settings['input_shapes']} input sizes, {_shape(settings['smallest_input'])} to "
+                 f"{_shape(settings['largest_input'])}")
     return (f"model {settings['model']}, backend {settings['backend']}, batch {settings['batch']}, first frame {shape} "
             f"({mode}), streams {settings['streams']}, warm-up {settings['warm_up_ms']:g} ms, duration "
             f"{settings['duration_s']:g} s, iterations >= {settings['iterations']}, "
             f"{'network only (--infer-only)' if settings['infer_only'] else 'whole detector'}, "
-            f"{settings['frames']} frames")
+            f"{settings['frames']} frame{'' if settings['frames'] == 1 else 's'}")
 
 
 def format_result(result: BenchmarkResult) -> str:
@@ -74,7 +81,13 @@ def _warnings(result: BenchmarkResult) -> list[str]:
     """trtexec's advice, where it applies to a whole detector."""
     out = []
     latency = result.latency()
-    if latency.cov_percent > 5.0:
+    sizes = result.settings.get("input_shapes", 1)
+    if latency.cov_percent > 5.0 and sizes > 1:
+        out.append(f"[I] latency varies (coefficient of variation {latency.cov_percent:.1f}%) because the frames "
+                   f"differ in size ({sizes} input sizes, {_shape(result.settings['smallest_input'])} to "
+                   f"{_shape(result.settings['largest_input'])}), not necessarily the machine; for its steadiness, "
+                   "time one size (--input-size HxW)")
+    elif latency.cov_percent > 5.0:
         out.append(f"[W] latency varies (coefficient of variation {latency.cov_percent:.1f}%): other load on the "
                    "machine, frequency scaling or thermal throttling; lock clocks (jetson_clocks) and run longer")
     if result.settings.get("streams", 1) > 1:

@@ -171,13 +171,34 @@ def check_streams_memory(frames: Sequence[np.ndarray], streams: int, batch: int,
                            "use fewer streams, a smaller batch or smaller frames", detectors=streams)
 
 
+# Streams per core at most, and 256 in all: each is a detector with its own threads and
+# memory, and beyond a few per core they only queue (256 of them once took a 2-core machine
+# past 4 GB). A few per core are still allowed: oversubscription is worth timing.
+STREAMS_PER_CORE = 4
+MAX_STREAMS = 256
+
+
+def max_streams() -> int:
+    """The most streams a benchmark takes on this machine."""
+    return min(MAX_STREAMS, STREAMS_PER_CORE * (os.cpu_count() or 1))
+
+
+def input_shape_range(shapes) -> dict:
+    """The distinct (height, width) network inputs of a run: how many, smallest, largest."""
+    distinct = sorted(set(map(tuple, shapes)), key=lambda shape: (shape[0] * shape[1], shape))
+    return {"input_shapes": len(distinct), "smallest_input": list(distinct[0]), "largest_input": list(distinct[-1])}
+
+
 def check_settings(*, batch: int, warm_up_ms: float, duration_s: float, iterations: int, streams: int) -> None:
     if batch < 1:
         raise InvalidInputError(f"batch must be at least 1, not {batch}")
     if streams < 1:
         raise InvalidInputError(f"streams must be at least 1, not {streams}")
-    if warm_up_ms < 0:
-        raise InvalidInputError(f"warm_up_ms must be 0 or more, not {warm_up_ms}")
+    if streams > max_streams():
+        raise InvalidInputError(f"streams={streams} on a machine with {os.cpu_count() or 1} cores: give at most "
+                                f"{max_streams()} ({STREAMS_PER_CORE} per core, {MAX_STREAMS} in all)")
+    if not (warm_up_ms >= 0 and math.isfinite(warm_up_ms)):  # an infinite warm-up never ends
+        raise InvalidInputError(f"warm_up_ms must be a finite number of milliseconds >= 0, not {warm_up_ms}")
     if not duration_s > 0 and iterations < 1:
         raise InvalidInputError("a benchmark needs a positive duration or at least one iteration")
     if duration_s < 0 or not math.isfinite(duration_s):
@@ -252,8 +273,9 @@ def run_benchmark(
         batch: frames per query (trtexec's batch; ``--shapes NxHxW`` sets it with input_size).
         warm_up_ms, duration_s, iterations: trtexec's ``--warmUp``, ``--duration``,
             ``--iterations``: run at least ``duration_s`` and at least ``iterations`` queries
-            after the warm-up.
-        streams: concurrent workers, each with its own detector (trtexec's ``--infStreams``).
+            after the warm-up; warm_up_ms and duration_s finite, >= 0.
+        streams: concurrent workers, each with its own detector (trtexec's ``--infStreams``):
+            at most ``STREAMS_PER_CORE`` per core and ``MAX_STREAMS`` in all.
         images: a folder of images or decoded BGR arrays; default generated text scenes.
         infer_only: time the backend call alone on prepared frames.
         threads: CPU threads per worker (default: the cores shared out among the streams).
@@ -291,6 +313,7 @@ def run_benchmark(
         "warm_up_ms": warm_up_ms, "duration_s": duration_s, "iterations": iterations, "streams": len(detectors),
         "infer_only": infer_only, "frames": len(frames), "threads": threads,
         "frame_shape": list(detectors[0]._prepare(frames[0]).frame.shape),
+        **input_shape_range(detectors[0]._prepare(frame).frame.shape[:2] for frame in frames),
         **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, type(None), tuple))},
     }
     result = BenchmarkResult(label or Path(str(model)).name, settings, system_info())

@@ -50,7 +50,8 @@ def precision_model(
         method: how activation ranges are chosen from the calibration statistics.
         limit_side_len, limit_type, input_size: how calibration frames are prepared (as
             the detector will prepare frames at run time).
-        cache_dir: calibration statistics cache (default ``calibration/cache``).
+        cache_dir: calibration statistics cache (default: ``calibration/`` in edgedb's
+            cache folder, as ``edgedb.precision.calibration.DEFAULT_CACHE``).
 
     Raises:
         InvalidInputError: unknown precision, a model already in another reduced precision,

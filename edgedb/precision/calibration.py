@@ -5,8 +5,9 @@ frames into the fused-preprocessing graph), the FP32 model runs with the input o
 convolution exposed, and each such tensor gets its min, max and a histogram of |x|.
 Exposed tensors stay alive until the run returns (1 GB at 736 x 1312 for PP-OCRv4), so
 they are exposed in groups of at most ``ACTIVATION_BUDGET`` bytes, one run per group.
-One pass serves every calibration method: the statistics are cached (``calibration/cache/``
-by default), keyed by the model, the images and the preparation, so quantizing again
+One pass serves every calibration method: the statistics are cached, by default in
+``calibration/`` in edgedb's cache folder ($EDGEDB_CACHE, else $XDG_CACHE_HOME/edgedb or
+~/.cache/edgedb), keyed by the model, the images and the preparation, so quantizing again
 with another method, exclusions or target costs no new pass over the images.
 """
 
@@ -34,18 +35,27 @@ STATS_FORMAT = 4  # bumped when what is collected changes
 # 0.88 GB over 100 images, at the same speed (3.6 s an image: the histograms take 2.7 s,
 # the run 0.7 s, and two runs that each return half as much take 0.9 s).
 ACTIVATION_BUDGET = 512 * 2**20
-def _default_stats_cache() -> Path:
-    """calibration/cache in an edgedb checkout (the project's place for calibration data);
-    for an installed package, a folder of edgedb's user cache, never site-packages."""
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "setup.py").is_file() and (checkout / "calibration").is_dir():
-        return checkout / "calibration" / "cache"
-    from edgedb.models import cache_dir
-
-    return cache_dir() / "calibration"
 
 
-DEFAULT_CACHE = _default_stats_cache()
+class _DefaultCache:
+    """The default statistics cache, resolved at each use: ``calibration/`` in edgedb's
+    cache folder ($EDGEDB_CACHE, else $XDG_CACHE_HOME/edgedb or ~/.cache/edgedb), so the
+    same rule holds wherever edgedb runs from (it once wrote into the checkout)."""
+
+    def __repr__(self) -> str:
+        return "<edgedb cache folder>/calibration"
+
+
+DEFAULT_CACHE = _DefaultCache()
+
+
+def stats_cache_dir(cache_dir=DEFAULT_CACHE) -> Optional[Path]:
+    """The folder ``cache_dir`` names: DEFAULT_CACHE's rule, a path, or None (no cache)."""
+    if isinstance(cache_dir, _DefaultCache):
+        from edgedb.models import cache_dir as edgedb_cache
+
+        return edgedb_cache() / "calibration"
+    return Path(cache_dir) if cache_dir else None
 
 
 def calibration_images(source: Union[str, Path, Sequence[Union[str, Path]]]) -> list[Path]:
@@ -292,22 +302,28 @@ def collect_stats(model, images: Sequence[Path], *, limit_side_len: int = 736, l
     """Statistics of every convolution input of ``model`` (a deployable ModelProto with
     fused preprocessing) over ``images``; from the cache when the same pass was made.
 
-    ``threads``: ONNX Runtime threads (default: all cores). ``activation_budget``: bytes
-    of activations one run may expose (more runs per image, less memory); the statistics
-    do not depend on it.
+    ``input_size``: a fixed (height, width), multiples of the model's stride (default: the
+    limit mode). ``cache_dir``: where statistics are kept (default ``DEFAULT_CACHE``:
+    ``calibration/`` in edgedb's cache folder ($EDGEDB_CACHE, else $XDG_CACHE_HOME/edgedb
+    or ~/.cache/edgedb); None for no cache). ``threads``: ONNX Runtime threads (default: all cores).
+    ``activation_budget``: bytes of activations one run may expose (more runs per image,
+    less memory); the statistics do not depend on it.
     """
     from tqdm import tqdm
 
+    from edgedb.preprocess import check_fixed_size
     from edgedb.spec import spec_from_metadata
 
     spec = spec_from_metadata(model)
     if spec is None or not spec.fused_preprocessing:
         raise ModelError("calibration needs a model rewritten by edgedb (uint8 frames in); run `edgedb rewrite` first")
+    input_size = check_fixed_size(input_size, spec.stride)  # 33x33 once failed deep in ONNX Runtime
     digest = hashlib.sha256(model.SerializeToString())
     for path in images:
         digest.update(f"{path.resolve()}|{path.stat().st_size}|{path.stat().st_mtime_ns}".encode())
     digest.update(f"{limit_side_len}|{limit_type}|{input_size}|{HISTOGRAM_BINS}|{STATS_FORMAT}".encode())
     key = digest.hexdigest()[:24]
+    cache_dir = stats_cache_dir(cache_dir)
     cached = cache_dir / f"stats-{key}.npz" if cache_dir else None
     if cached is not None and cached.is_file():
         log.info("calibration statistics from cache %s", cached)

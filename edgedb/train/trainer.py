@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from edgedb._checks import integer_at_least
+from edgedb._checks import integer_at_least, seed_value, thread_count
 from edgedb._files import save_onnx
 from edgedb.errors import InvalidInputError, MissingDependencyError, ModelError
 from edgedb.spec import ModelSpec
@@ -167,8 +167,9 @@ def finetune(
             (0 for the raw weights).
         freeze: fraction of the base's weights, from the input on, kept fixed.
         val_every: steps between validations (default: steps / 8).
-        threads: CPU threads (default: the free cores).
+        threads: CPU threads, at most this machine's cores (default: the free cores).
         device: ``"cpu"``, ``"cuda"`` (default: CUDA when available).
+        seed: random seed, 0 .. 2**32 - 1 (numpy's and PyTorch's range).
 
     Raises:
         InvalidInputError: no training samples, bad numbers.
@@ -188,8 +189,8 @@ def finetune(
         raise InvalidInputError(f"freeze must be a fraction in [0, 1), not {freeze!r}")
     if not lr > 0:
         raise InvalidInputError(f"lr must be positive, not {lr!r}")
-    if threads is not None and threads < 1:
-        raise InvalidInputError(f"threads must be >= 1, not {threads}")
+    threads = thread_count("threads", threads)
+    seed = seed_value("seed", seed)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     if val is None:
