@@ -135,8 +135,10 @@ _FLAG_OF_ARGUMENT = {"gt_dir": "--gt", "images_dir": "--images", "warm_up_ms": "
 def _flags_of(parser: argparse.ArgumentParser) -> dict:
     """Python argument name -> flag, for the long flags of ``parser``."""
     flags = dict(_FLAG_OF_ARGUMENT)
-    for action in parser._actions:
-        for option in action.option_strings:
+    actions: list[argparse.Action] = parser._actions  # argparse keeps no public list of them
+    for action in actions:
+        options: list[str] = action.option_strings
+        for option in options:
             if option.startswith("--") and option != "--help":
                 flags.setdefault(option[2:].replace("-", "_"), option)
     return flags
