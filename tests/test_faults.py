@@ -81,7 +81,10 @@ def test_a_real_sigint_during_detect_over_a_folder(tmp_path):
     for index in range(150):  # far more than the moment the signal takes to arrive
         cv2.imwrite(str(tmp_path / f"scan-{index:03d}.png"), make_text_image(index % 3, size=(96, 128)).image)
     process = subprocess.Popen([sys.executable, "-m", "edgedb", "detect", str(tmp_path)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               # a job started in the background inherits SIGINT ignored, and Python
+                               # then leaves it so: the child gets the default a terminal gives
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert "scan-000.png" in process.stdout.readline()  # unbuffered: the folder is being detected now
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=60)
