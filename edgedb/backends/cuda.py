@@ -13,13 +13,30 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from typing import Iterator
 
 from edgedb.errors import EdgeDBError
 
 
+# pycuda driver module -> {device index: its retained primary context}. Keyed by module so
+# that stand-in drivers in tests each get their own; the real pycuda has one.
+_PRIMARY_CONTEXTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PRIMARY_LOCK = threading.Lock()
+
+
+def primary_context(cuda, index: int):
+    """Device ``index``'s primary context, retained the first time it is asked for."""
+    with _PRIMARY_LOCK:
+        contexts = _PRIMARY_CONTEXTS.setdefault(cuda, {})
+        if index not in contexts:
+            contexts[index] = cuda.Device(index).retain_primary_context()
+        return contexts[index]
+
+
 class CudaDevice:
-    """A retained primary context of device ``index``; ``close()`` releases it (idempotent)."""
+    """Device ``index`` and its primary context (retained for the process, see the module
+    doc); ``close()`` ends this handle (idempotent) and leaves the context to other users."""
 
     def __init__(self, index: int = 0):
         from edgedb.backends.tensorrt import import_pycuda_driver
@@ -31,8 +48,7 @@ class CudaDevice:
                 " (is the NVIDIA driver loaded? nvidia-smi or, on a Jetson, tegrastats tells)" if count == 0 else ""))
         self.index = int(index)
         self.device = self.cuda.Device(self.index)
-        self._context = self.device.retain_primary_context()
-        self._owner = threading.get_ident()
+        self._context = primary_context(self.cuda, self.index)
         self._closed = False
 
     @contextlib.contextmanager
@@ -70,14 +86,7 @@ class CudaDevice:
         return DeviceInfo(str(trt.__version__), self.name, self.compute_capability)
 
     def close(self) -> None:
-        if self._closed:
-            return
         self._closed = True
-        # Releasing the primary context is only allowed on the thread that retained it
-        # (pycuda, cuda.hpp); elsewhere the reference is dropped and the driver releases
-        # it with the process.
-        if threading.get_ident() == self._owner:
-            self._context.detach()
         self._context = None
 
     def __enter__(self) -> "CudaDevice":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -58,6 +59,32 @@ def import_pycuda_driver():
         raise MissingDependencyError(f"the TensorRT backend needs pycuda, which is not installed: {EXTRA}") from error
     cuda.init()
     return cuda
+
+
+# tensorrt module -> the one Logger every Builder and Runtime of the process gets.
+_LOGGERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOGGER_LOCK = threading.Lock()
+
+
+def tensorrt_logger(trt, verbose: bool = False):
+    """The process's one ``trt.Logger``, kept alive for the process.
+
+    TensorRT "maintains only a single logger pointer at any given time": a Builder or
+    Runtime made with another logger while one exists logs through the first (its
+    warning, NVIDIA/TensorRT#1475), while pybind ties each Logger's life to the one
+    object made with it (``py::keep_alive<1, 2>`` on ``Builder``/``Runtime``,
+    ``python/src/infer/pyCore.cpp`` v10.3.0 l.1509, l.1538). A logger per object could so
+    be freed while TensorRT still logs through it. ``verbose`` lowers the threshold to INFO
+    for the rest of the process (it never rises again: an earlier verbose user keeps its
+    messages).
+    """
+    with _LOGGER_LOCK:
+        logger = _LOGGERS.get(trt)
+        if logger is None:
+            logger = _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
+        if verbose:
+            logger.min_severity = trt.Logger.INFO
+        return logger
 
 
 def tensorrt_available() -> bool:
@@ -121,7 +148,16 @@ class _Slot:
         self.shapes: dict[str, tuple[int, ...]] = {}
 
     def free(self) -> None:
+        """Frees everything of the slot now (the primary context current): the buffers, the
+        events, the execution context, and the link to a frame never collected, so no cycle
+        (slot <-> pending frame) keeps any of it for the garbage collector to free later,
+        outside the context (pycuda: "event in out-of-thread context could not be cleaned up")."""
+        if self.pending is not None:
+            self.pending._slot = None
+            self.pending = None
         self.buffers.free()
+        self.events.clear()
+        self.addresses = None
         self.context = None
 
 
@@ -137,6 +173,8 @@ class PendingInference:
     def result(self) -> dict[str, np.ndarray]:
         if self._outputs is None:
             with self._backend._lock:
+                if self._slot is None:
+                    raise EdgeDBError("this frame was not collected before its backend was closed")
                 self._backend._collect(self)
         return self._outputs  # type: ignore[return-value]
 
@@ -188,8 +226,10 @@ class TensorRTBackend(Backend):
             # already device memory, so the copies disappear.
             self.zero_copy = self._device.integrated and self._device.can_map_host_memory
             with self._device.activate():
-                self._logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
-                self._runtime = trt.Runtime(self._logger)
+                self._runtime = trt.Runtime(tensorrt_logger(trt, verbose))
+                dla_core = (self.sidecar.build_options or {}).get("dla_core")
+                if dla_core is not None:  # a DLA engine loads onto the core it was built for (trtexec does the same)
+                    self._runtime.DLA_core = int(dla_core)
                 self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
                 if self._engine is None:
                     raise EngineError(f"TensorRT {trt.__version__} cannot load {self.engine_path} (its messages "
@@ -267,12 +307,16 @@ class TensorRTBackend(Backend):
                 slot.addresses.bind(name, buffer.device_address)
             slot.shapes = shapes
 
-            # Host -> device. The pinned buffer is free: this slot's last frame was collected.
-            events["h2d_start"].record(streams["h2d"])
+            # The frame into pinned memory first (host work, free: this slot's last frame was
+            # collected), then the timed copy: on an idle stream an event completes when it is
+            # recorded, so recording before the host copy would time the host copy too.
+            hosts = {}
             for name, array in arrays.items():
-                host = slot.buffers[name].host[: array.nbytes]
-                host[...] = array.reshape(-1).view(np.uint8)
-                if not self.zero_copy:
+                hosts[name] = slot.buffers[name].host[: array.nbytes]
+                hosts[name][...] = array.reshape(-1).view(np.uint8)
+            events["h2d_start"].record(streams["h2d"])
+            if not self.zero_copy:
+                for name, host in hosts.items():
                     cuda.memcpy_htod_async(slot.buffers[name].device_address, host, streams["h2d"])
             events["h2d_end"].record(streams["h2d"])
             # Compute, after this frame's copies (and, on one stream, after the other slot's compute).
@@ -357,16 +401,19 @@ class TensorRTBackend(Backend):
         with self._lock:
             try:
                 with device.activate():
-                    for stream in getattr(self, "_streams", {}).values():
-                        stream.synchronize()
-                    for slot in self._slots:
-                        slot.free()
-                    self._slots.clear()
+                    # No loop variable may hold a CUDA object past this block: it would be
+                    # freed after the context is popped.
+                    streams, self._streams = list(getattr(self, "_streams", {}).values()), {}
+                    while streams:
+                        streams.pop().synchronize()
+                    while self._slots:
+                        self._slots.pop().free()
+                    self.last_times = None
                     scratch = getattr(self, "_scratch", None)
                     if scratch is not None:
                         scratch.free()
+                        self._scratch = None
                     # TensorRT objects go before the context they live in.
                     self._engine = self._runtime = None
-                    self._streams = {}
             finally:
                 device.close()

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from edgedb._files import write_atomically
 from edgedb.engine import compat
 from edgedb.engine.profiles import Profile, limit_profile, static_profile
 from edgedb.engine.sidecar import EngineSidecar, file_sha256, sidecar_path, write_engine
@@ -145,9 +144,11 @@ def build_engine(
     """
     from edgedb import __version__
     from edgedb.backends.cuda import CudaDevice
-    from edgedb.backends.tensorrt import import_tensorrt
+    from edgedb.backends.tensorrt import import_tensorrt, tensorrt_logger
     from edgedb.engine.precision import model_precision
     from edgedb.engine.progress import BuildProgress, progress_monitor
+    from edgedb.engine.dla import pin_float32_islands
+    from edgedb.engine.timing_cache import attach_timing_cache, save_timing_cache
     from edgedb.spec import spec_from_metadata
 
     trt = import_tensorrt()
@@ -161,7 +162,7 @@ def build_engine(
     if not output.parent.is_dir():
         raise InvalidInputError(f"the folder {output.parent} for the engine does not exist")
 
-    logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
+    logger = tensorrt_logger(trt, verbose)
     with CudaDevice(device) as cuda_device, cuda_device.activate():
         info = cuda_device.device_info(trt)
         timing_cache = options.timing_cache or default_timing_cache(
@@ -198,12 +199,12 @@ def build_engine(
             config.DLA_core = int(options.dla_core)
             if options.gpu_fallback:
                 config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+            if weakly_typed_dla:  # the ONNX types are no constraints there: pin float32 (edgedb.engine.dla)
+                pinned = pin_float32_islands(trt, network, config, gpu_fallback=options.gpu_fallback)
+                if pinned:
+                    log.info("DLA build: %d float32 layers pinned to float32 on the GPU", pinned)
 
-        cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(cache_bytes)
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            log.warning("timing cache %s is for another GPU or TensorRT version; starting an empty one", timing_cache)
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        cache = attach_timing_cache(config, timing_cache)  # noqa: F841 (alive until the build ends)
 
         status = BuildProgress(label=f"building {output.name}")
         if progress and hasattr(trt, "IProgressMonitor"):
@@ -212,10 +213,7 @@ def build_engine(
         if plan is None:
             raise EngineError(f"TensorRT {trt.__version__} could not build the engine; its messages above say why "
                               "(run with verbose=True / -v for all of them)")
-        try:
-            write_atomically(timing_cache, memoryview(config.get_timing_cache().serialize()))
-        except OSError as error:
-            log.warning("cannot write the timing cache %s: %s", timing_cache, error)
+        save_timing_cache(config, timing_cache)
 
     data = memoryview(plan)
 

@@ -5,14 +5,23 @@ TensorRT reports nested phases ("Building engine" > "Tactic selection" > ...) th
 it rewrites in place on a terminal and prints once per top-level phase elsewhere (logs
 stay short). The TensorRT subclass is made by ``progress_monitor`` at build time, since
 ``tensorrt`` is imported only then.
+
+The callbacks never raise: TensorRT's trampoline turns any exception in
+``step_complete`` into ``false``, which cancels the build (``python/src/infer/pyCore.cpp``
+v10.3.0 l.978-994, "Use the exception as an indicator that we should cancel the build"),
+so a closed or broken stderr would read as a failed build. A line that cannot be written
+switches the progress line off for the rest of the build.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 from typing import Optional, TextIO
+
+log = logging.getLogger(__name__)
 
 
 class BuildProgress:
@@ -27,6 +36,7 @@ class BuildProgress:
         self._lock = threading.Lock()  # TensorRT may report from its own threads
         self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last_width = 0
+        self._silent = False  # set when the stream failed: the build goes on without a line
 
     # TensorRT's callbacks (the names of IProgressMonitor's methods) ------------------------
     def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
@@ -62,6 +72,15 @@ class BuildProgress:
         return f"{self.label} [{elapsed // 60}:{elapsed % 60:02d}] {where}"
 
     def _render(self) -> None:
+        if self._silent:
+            return
+        try:
+            self._write_line()
+        except Exception as error:  # never into TensorRT: it would cancel the build
+            self._silent = True
+            log.debug("build progress line switched off: %s", error)
+
+    def _write_line(self) -> None:
         text = self.line()
         if self._interactive:
             pad = max(self._last_width - len(text), 0)
@@ -74,9 +93,15 @@ class BuildProgress:
     def done(self, message: str) -> None:
         elapsed = self._clock() - self._start
         with self._lock:
+            if self._silent:
+                return
             prefix = "\r" + " " * self._last_width + "\r" if self._interactive else ""
-            self.stream.write(f"{prefix}{self.label}: {message} in {elapsed:.1f} s\n")
-            self.stream.flush()
+            try:
+                self.stream.write(f"{prefix}{self.label}: {message} in {elapsed:.1f} s\n")
+                self.stream.flush()
+            except Exception as error:
+                self._silent = True
+                log.debug("build progress line switched off: %s", error)
 
 
 def progress_monitor(trt, progress: BuildProgress):
@@ -87,13 +112,25 @@ def progress_monitor(trt, progress: BuildProgress):
         def __init__(self):
             super().__init__()  # pybind11 bases must be initialized (TensorRT's progress monitor sample)
 
+        # Each callback swallows what BuildProgress did not: an exception must not reach
+        # TensorRT (see the module doc); True from step_complete lets the build go on.
         def phase_start(self, phase_name, parent_phase, num_steps):
-            progress.phase_start(phase_name, parent_phase, num_steps)
+            try:
+                progress.phase_start(phase_name, parent_phase, num_steps)
+            except Exception as error:
+                log.debug("progress phase_start: %s", error)
 
         def step_complete(self, phase_name, step):
-            return progress.step_complete(phase_name, step)
+            try:
+                progress.step_complete(phase_name, step)
+            except Exception as error:
+                log.debug("progress step_complete: %s", error)
+            return True
 
         def phase_finish(self, phase_name):
-            progress.phase_finish(phase_name)
+            try:
+                progress.phase_finish(phase_name)
+            except Exception as error:
+                log.debug("progress phase_finish: %s", error)
 
     return _Monitor()
