@@ -436,6 +436,8 @@ class FakeTensorRT:
         self.logger_pointer = None  # weakref to the process's one logger while a user exists
         self.logger_users = weakref.WeakSet()  # live Builders and Runtimes
         self.loaded_dla_cores: list = []
+        self.on_build = None  # test hooks, called inside build_serialized_network / execute_async_v3
+        self.on_execute = None
 
     @property
     def contexts(self) -> list:
@@ -683,6 +685,8 @@ class FakeTensorRT:
                     _callback(monitor, "phase_finish", "Tactic selection")
                     _callback(monitor, "step_complete", "Building engine", 0, cancel_on_error=True)
                     _callback(monitor, "phase_finish", "Building engine")
+                if fake.on_build is not None:
+                    fake.on_build()
                 if fake.fail_build:
                     return None
                 if config._cache is not None:  # the build's measurements go into its timing cache
@@ -770,6 +774,8 @@ class FakeTensorRT:
                 cuda.require_context("execute_async_v3")
                 if self.strategy == ExecutionContextAllocationStrategy.USER_MANAGED and self.device_memory is None:
                     raise RuntimeError("USER_MANAGED context without device memory")
+                if fake.on_execute is not None:
+                    fake.on_execute(self)
                 feed = {}
                 for name in self.engine.inputs:
                     shape, dtype = self.shapes[name], nptype(self.engine.dtypes[name])

@@ -175,8 +175,28 @@ class PendingInference:
             with self._backend._lock:
                 if self._slot is None:
                     raise EdgeDBError("this frame was not collected before its backend was closed")
-                self._backend._collect(self)
+                try:
+                    self._backend._collect(self)
+                except BaseException as error:
+                    _clear_finished_frames(error.__traceback__)
+                    raise
         return self._outputs  # type: ignore[return-value]
+
+
+def _clear_finished_frames(traceback) -> None:
+    """Drops the locals of the finished frames below the first of ``traceback``.
+
+    A caller may keep an exception after ``close()``; its traceback keeps the frames it
+    passed through, and their locals (an execution context, a stream, a pinned buffer view
+    in TensorRT's or pycuda's frames) would then be freed later, outside the CUDA context.
+    The traceback keeps its file and line numbers."""
+    tb = traceback.tb_next if traceback is not None else None
+    while tb is not None:
+        try:
+            tb.tb_frame.clear()
+        except RuntimeError:  # a frame still running (a generator's): leave it
+            pass
+        tb = tb.tb_next
 
 
 def _layer_profiler(trt, times: dict):
@@ -277,7 +297,7 @@ class TensorRTBackend(Backend):
     def submit(self, feed: Mapping[str, np.ndarray]) -> PendingInference:
         """Enqueues one inference and returns at once; ``result()`` on the returned object
         waits for it. Up to two are in flight; a third waits for the oldest's copy-out."""
-        from edgedb.engine.buffers import check_in_profile, tensor_nbytes
+        from edgedb.engine.buffers import check_in_profile
 
         if self.closed:
             raise EdgeDBError("this backend is closed")
@@ -293,49 +313,57 @@ class TensorRTBackend(Backend):
             check_in_profile(name, array.shape, minimum, maximum)
             arrays[name] = array
 
-        cuda, streams = self._cuda, self._streams
         with self._lock, self._device.activate():
-            slot = self._free_slot()
-            context, events = slot.context, slot.events
-            for name, array in arrays.items():
-                if not context.set_input_shape(name, array.shape):
-                    raise InvalidInputError(f"TensorRT refused shape {array.shape} for input {name!r}")
-            shapes = {name: tuple(context.get_tensor_shape(name)) for name in self.output_names}
-            for name in (*arrays, *shapes):
-                shape = arrays[name].shape if name in arrays else shapes[name]
-                buffer, _ = slot.buffers.ensure(name, tensor_nbytes(shape, self.dtypes[name]))
-                slot.addresses.bind(name, buffer.device_address)
-            slot.shapes = shapes
+            try:
+                return self._enqueue(self._free_slot(), arrays)
+            except BaseException as error:
+                _clear_finished_frames(error.__traceback__)
+                raise
 
-            # The frame into pinned memory first (host work, free: this slot's last frame was
-            # collected), then the timed copy: on an idle stream an event completes when it is
-            # recorded, so recording before the host copy would time the host copy too.
-            hosts = {}
+    def _enqueue(self, slot: _Slot, arrays: dict[str, np.ndarray]) -> PendingInference:
+        """Copies a frame in, enqueues its compute and copy-out on ``slot`` (lock held,
+        context current). Reads GPU objects through ``self`` and ``slot`` only: an
+        exception's frames may outlive close() (see ``_clear_finished_frames``)."""
+        from edgedb.engine.buffers import tensor_nbytes
+
+        for name, array in arrays.items():
+            if not slot.context.set_input_shape(name, array.shape):
+                raise InvalidInputError(f"TensorRT refused shape {array.shape} for input {name!r}")
+        shapes = {name: tuple(slot.context.get_tensor_shape(name)) for name in self.output_names}
+        for name in (*arrays, *shapes):
+            shape = arrays[name].shape if name in arrays else shapes[name]
+            buffer, _ = slot.buffers.ensure(name, tensor_nbytes(shape, self.dtypes[name]))
+            slot.addresses.bind(name, buffer.device_address)
+        slot.shapes = shapes
+
+        # The frame into pinned memory first (host work, free: this slot's last frame was
+        # collected), then the timed copy: on an idle stream an event completes when it is
+        # recorded, so recording before the host copy would time the host copy too.
+        for name, array in arrays.items():
+            slot.buffers[name].host[: array.nbytes] = array.reshape(-1).view(np.uint8)
+        slot.events["h2d_start"].record(self._streams["h2d"])
+        if not self.zero_copy:
             for name, array in arrays.items():
-                hosts[name] = slot.buffers[name].host[: array.nbytes]
-                hosts[name][...] = array.reshape(-1).view(np.uint8)
-            events["h2d_start"].record(streams["h2d"])
-            if not self.zero_copy:
-                for name, host in hosts.items():
-                    cuda.memcpy_htod_async(slot.buffers[name].device_address, host, streams["h2d"])
-            events["h2d_end"].record(streams["h2d"])
-            # Compute, after this frame's copies (and, on one stream, after the other slot's compute).
-            streams["compute"].wait_for_event(events["h2d_end"])
-            events["compute_start"].record(streams["compute"])
-            if not context.execute_async_v3(streams["compute"].handle):
-                raise EdgeDBError("TensorRT could not enqueue the inference (see its messages above)")
-            events["compute_end"].record(streams["compute"])
-            # Device -> host into this slot's pinned buffers.
-            streams["d2h"].wait_for_event(events["compute_end"])
-            events["d2h_start"].record(streams["d2h"])
-            if not self.zero_copy:
-                for name, shape in shapes.items():
-                    nbytes = tensor_nbytes(shape, self.dtypes[name])
-                    cuda.memcpy_dtoh_async(slot.buffers[name].host[:nbytes], slot.buffers[name].device_address,
-                                           streams["d2h"])
-            events["d2h_end"].record(streams["d2h"])
-            slot.pending = PendingInference(self, slot)
-            return slot.pending
+                self._cuda.memcpy_htod_async(slot.buffers[name].device_address, slot.buffers[name].host[: array.nbytes],
+                                             self._streams["h2d"])
+        slot.events["h2d_end"].record(self._streams["h2d"])
+        # Compute, after this frame's copies (and, on one stream, after the other slot's compute).
+        self._streams["compute"].wait_for_event(slot.events["h2d_end"])
+        slot.events["compute_start"].record(self._streams["compute"])
+        if not slot.context.execute_async_v3(self._streams["compute"].handle):
+            raise EdgeDBError("TensorRT could not enqueue the inference (see its messages above)")
+        slot.events["compute_end"].record(self._streams["compute"])
+        # Device -> host into this slot's pinned buffers.
+        self._streams["d2h"].wait_for_event(slot.events["compute_end"])
+        slot.events["d2h_start"].record(self._streams["d2h"])
+        if not self.zero_copy:
+            for name, shape in shapes.items():
+                nbytes = tensor_nbytes(shape, self.dtypes[name])
+                self._cuda.memcpy_dtoh_async(slot.buffers[name].host[:nbytes], slot.buffers[name].device_address,
+                                             self._streams["d2h"])
+        slot.events["d2h_end"].record(self._streams["d2h"])
+        slot.pending = PendingInference(self, slot)
+        return slot.pending
 
     def profile_layers(self, feed: Mapping[str, np.ndarray], runs: int = 10) -> dict[str, list[float]]:
         """Milliseconds per engine layer over ``runs`` inferences, from TensorRT's IProfiler
