@@ -72,7 +72,7 @@ setup(
         "plot": ["matplotlib>=3.6,<4"],  # edgedb bench --plot
         # edgedb train; scripts/setup.sh installs a CPU build (plain pip takes a CUDA one)
         "train": ["torch>=2.1,<3"],
-        "dev": ["pytest>=7,<10", "hypothesis>=6.80,<7", "matplotlib>=3.6,<4"],
+        "dev": ["pytest>=7,<10", "hypothesis>=6.80,<7", "matplotlib>=3.6,<4", "vermin>=1.6,<2"],
     },
     entry_points={"console_scripts": ["edgedb=edgedb.cli:main"]},
     zip_safe=False,

@@ -7,6 +7,7 @@ set -euo pipefail
 usage() {
     cat <<'EOF'
 Usage: scripts/gpu_check.sh [--no-install] [--calib DIR] [--input-size HxW] [--report FILE]
+       scripts/gpu_check.sh --cuda-tier [--report FILE]
 
 Checks edgedb on this machine's NVIDIA GPU and writes a Markdown report (System, Tests,
 Build, Bench):
@@ -16,7 +17,12 @@ Build, Bench):
   4. python3 -m edgedb build: an FP16 engine (and INT8 with --calib) into engines/;
   5. python3 -m edgedb bench: ONNX Runtime FP32 on the CPU against the engine(s).
 
+With --cuda-tier (a GPU with pycuda but no TensorRT): only the system and the CUDA tier,
+python3 -m pytest -m cuda tests/test_cuda_tier.py: edgedb's TensorRT backend on real
+device memory with a stand-in engine; installs nothing, fails if the tier was skipped.
+
 Options:
+  --cuda-tier       run the CUDA tier only (needs pycuda and a GPU, not TensorRT)
   --no-install      do not pip install; use the Python environment as it is
   --calib DIR       calibration images (a folder or a list file): also build and bench INT8 and best
   --input-size HxW  static engine input, frames letterboxed into it (default 736x736)
@@ -34,12 +40,14 @@ die() { echo "gpu_check: $*" >&2; exit 1; }
 absolute() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 
 install=1
+cuda_tier=0
 calib=""
 input_size="736x736"
 report="gpu-report.md"
 while (($#)); do
     case $1 in
         --no-install) install=0 ;;
+        --cuda-tier) cuda_tier=1; install=0 ;;
         --calib) (($# >= 2)) || die "--calib needs a folder"; calib=$(absolute "$2"); shift ;;
         --input-size) (($# >= 2)) || die "--input-size needs HxW"; input_size=$2; shift ;;
         --report) (($# >= 2)) || die "--report needs a file name"; report=$2; shift ;;
@@ -123,6 +131,18 @@ system=$({
 printf '%s\n' "$system"
 printf '%s\n' "$system" | md_block
 ((jetson)) && echo "Jetson: for steady benchmark numbers, sudo jetson_clocks first (the report records the power mode)."
+
+if ((cuda_tier)); then
+    md "## CUDA tier" ""
+    "$PY" -c "import pycuda.driver as d; d.init(); assert d.Device.count() > 0" 2>/dev/null ||
+        fail "the CUDA tier needs pycuda and a CUDA device: pip install pycuda (nvcc on PATH)"
+    status=0
+    run_logged "CUDA tier" "$PY" -m pytest -q -rs -m cuda tests/test_cuda_tier.py || status=$?
+    ((status == 0)) || die "the CUDA tier failed (report: $report)"
+    grep -q "passed" "$report" || die "the CUDA tier was skipped (report: $report)"
+    echo "gpu_check: CUDA tier passed; report: $report"
+    exit 0
+fi
 
 in_venv=$(py_value 'import sys; print(sys.prefix != sys.base_prefix)')
 system_site=$(py_value 'import os, sys; cfg = os.path.join(sys.prefix, "pyvenv.cfg"); print(os.path.isfile(cfg) and "include-system-site-packages = true" in open(cfg).read().lower())')
@@ -212,7 +232,7 @@ fi
 
 # -- Tests ---------------------------------------------------------------------------------
 md "## Tests" ""
-run_logged "tests" "$PY" -m pytest -q -rs -m gpu tests/test_gpu.py || true
+run_logged "tests" "$PY" -m pytest -q -rs -m "gpu or cuda" tests/test_gpu.py tests/test_cuda_tier.py || true
 
 # -- Build ---------------------------------------------------------------------------------
 md "## Build" ""

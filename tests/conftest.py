@@ -80,8 +80,25 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def _cuda_available() -> bool:
+    """pycuda imports and sees an NVIDIA GPU."""
+    try:
+        import pycuda.driver as driver
+
+        driver.init()
+        return driver.Device.count() > 0
+    except Exception:  # not installed, no driver, no device
+        return False
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` are skipped unless tensorrt, pycuda and a CUDA device are present."""
+    """Tests marked ``gpu`` are skipped unless tensorrt, pycuda and a CUDA device are
+    present; tests marked ``cuda`` unless pycuda and a CUDA device are."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda_items and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU and pycuda (pip install pycuda; scripts/gpu_check.sh)")
+        for item in cuda_items:
+            item.add_marker(skip)
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return

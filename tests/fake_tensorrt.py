@@ -139,6 +139,16 @@ class FakeCuda:
         self.memory[address] = array
         return address
 
+    # the device memory the fake engine reads and writes (tests/cuda_standin.py: a real GPU's)
+    def read_device(self, address: int, nbytes: int, stream_handle) -> np.ndarray:
+        return self.memory[int(address)][:nbytes].copy()
+
+    def write_device(self, address: int, data: np.ndarray, stream_handle) -> None:
+        self.memory[int(address)][: data.nbytes] = data
+
+    def computed(self, stream_handle, ms: float) -> None:
+        self.streams[stream_handle].enqueue(ms)
+
     def check_clean(self) -> list:
         """What a finished test left behind on this thread: contexts on either stack,
         device memory, violations."""
@@ -187,6 +197,16 @@ class FakeCuda:
                 stack.pop()
                 if stack:
                     fake.driver_stack().append(stack[-1].handle)
+
+            @staticmethod
+            def get_current():
+                stack = fake.pycuda_stack()
+                return stack[-1] if stack else None
+
+            @staticmethod
+            def synchronize():
+                fake.require_context("Context.synchronize")
+                fake.wait_host(max([s.tail for s in fake.streams.values()], default=0.0))
 
             def detach(self):
                 if not self.valid:
@@ -388,6 +408,16 @@ class FakeCuda:
             np.copyto(out, source[: out.nbytes])
             stream.enqueue(out.nbytes / LINK_BYTES_PER_MS)
             fake.log("dtoh", int(src), out.nbytes, stream.handle)
+
+        def memcpy_dtoh(dest, src):
+            fake.require_context("memcpy_dtoh")
+            out = np.asarray(dest).reshape(-1).view(np.uint8)
+            np.copyto(out, _device_array(src)[: out.nbytes])
+
+        def memcpy_htod(dest, src):
+            fake.require_context("memcpy_htod")
+            data = np.asarray(src).reshape(-1).view(np.uint8)
+            _device_array(dest)[: data.nbytes] = data
 
         def init(flags=0):
             pass
@@ -780,13 +810,14 @@ class FakeTensorRT:
                 for name in self.engine.inputs:
                     shape, dtype = self.shapes[name], nptype(self.engine.dtypes[name])
                     count = int(np.prod(shape)) * np.dtype(dtype).itemsize
-                    feed[name] = cuda.memory[self.addresses[name]][:count].view(dtype).reshape(shape).copy()
+                    data = cuda.read_device(self.addresses[name], count, stream_handle)
+                    feed[name] = data.view(dtype).reshape(shape)
                 outputs = self.engine.session.run(self.engine.outputs, feed)
                 for name, value in zip(self.engine.outputs, outputs):
-                    data = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-                    cuda.memory[self.addresses[name]][: data.nbytes] = data
+                    cuda.write_device(self.addresses[name], np.ascontiguousarray(value).reshape(-1).view(np.uint8),
+                                      stream_handle)
                 self.executions += 1
-                cuda.streams[stream_handle].enqueue(COMPUTE_MS)
+                cuda.computed(stream_handle, COMPUTE_MS)
                 if self.profiler is not None:
                     for node in self.engine.model.graph.node[:5]:
                         self.profiler.report_layer_time(node.name, 0.5)

@@ -215,3 +215,21 @@ def test_dla_keeps_float32_islands_on_the_gpu_and_loads_on_its_core(monkeypatch,
     with EdgeDetector(model=str(engine), threads=2) as detector:
         detector.detect(images[0])
     assert trt.loaded_dla_cores[-1] == 1  # runtime.DLA_core from the sidecar
+
+
+# the CUDA tier's own code, run here on the stand-in driver --------------------------------
+def test_the_cuda_tier_runs_on_the_stand_in_driver(monkeypatch, tmp_path, images):
+    """tests/test_cuda_tier.py runs only on a GPU; its stand-in engine over a driver is
+    checked here with the fake pycuda in place of the real one."""
+    _, fake_cuda = install(monkeypatch, integrated=True)  # a Jetson-like GPU: mapped memory too
+    import test_cuda_tier
+    from cuda_standin import install_on_gpu
+
+    monkeypatch.setenv("EDGEDB_CACHE", str(tmp_path))
+    gpu = install_on_gpu(monkeypatch)
+    with EdgeDetector(backend="cpu", limit_type="max", limit_side_len=640, threads=2) as cpu:
+        expected = [cpu.detect(image) for image in images]
+    test_cuda_tier.test_detect_on_device_memory_with_real_events(gpu, images, expected)
+    test_cuda_tier.test_stream_is_double_buffered_and_matches_detect(gpu, images, expected)
+    test_cuda_tier.test_mapped_host_memory_is_device_memory(gpu)
+    assert fake_cuda.check_clean() == []
