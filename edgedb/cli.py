@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from edgedb._files import atomic_output, save_onnx, write_atomically
+from edgedb.backends import BACKENDS
 from edgedb.bench.runner import MAX_STREAMS, STREAMS_PER_CORE, max_streams
 from edgedb.errors import EdgeDBError, InvalidInputError
 from edgedb.preprocess import IMAGE_SUFFIXES
@@ -355,7 +356,7 @@ def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("detector (edgedb.EdgeDetector)")
     group.add_argument("--model", default="ppocrv4-det", help="zoo name or DBNet ONNX path (default ppocrv4-det)")
-    group.add_argument("--backend", default="auto", choices=["auto", "cpu", "onnxruntime", "tensorrt"],
+    group.add_argument("--backend", default="auto", choices=list(BACKENDS),
                        help="where to run the model (default auto)")
     group.add_argument("--limit-side-len", type=_side, default=DEFAULT_LIMIT_SIDE_LEN,
                        help=f"side limit of the resize (default {DEFAULT_LIMIT_SIDE_LEN})")
@@ -725,14 +726,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             except InvalidInputError as error:
                 skipped.add(path, error)
         skipped.check_some_left(len(samples))
-        models = {}
-        for name, path in zip(names, paths):
+        models, backends = {}, {}
+        reference_backend = args.reference_backend or args.backend
+        for index, (name, path) in enumerate(zip(names, paths)):
             label = Path(name).stem if Path(name).suffix == ".onnx" else name
+            backend = reference_backend if index == 0 else args.backend
+            if reference_backend != args.backend:
+                label += f"@{backend}"
             while label in models:
                 label += "'"
-            models[label] = path
+            models[label], backends[label] = path, backend
         reports = compare_precisions(models, samples, limit_side_len=args.limit_side_len, limit_type=args.limit_type,
-                                     input_size=args.input_size)
+                                     input_size=args.input_size, backends=backends)
     print(format_reports(reports))
     if skipped.items:
         print(f"{_counted(len(samples), 'image')}{skipped.summary()}")
@@ -1000,6 +1005,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--images", type=Path, required=True, help="ICDAR-style folder of images")
     compare.add_argument("--gt", type=Path, help="folder of gt_*.txt files (default: ../gt or ./gt)")
     compare.add_argument("--json", metavar="FILE", help="write the figures as JSON (- for stdout)")
+    compare.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                         help="where the models run (default auto)")
+    compare.add_argument("--reference-backend", choices=list(BACKENDS),
+                         help="where the reference runs (default: --backend); e.g. --reference-backend onnxruntime "
+                              "--backend openvino checks OpenVINO against ONNX Runtime, the reference given again "
+                              "as a model")
     _add_input_size_arguments(compare)
     _add_spec_arguments(compare)
     _add_strict_argument(compare)
@@ -1052,9 +1063,9 @@ def build_parser() -> argparse.ArgumentParser:
         "interleaved rounds and are compared with the first (model@backend picks a backend per model). "
         "Ctrl-C prints what was measured so far.")
     bench.add_argument("models", nargs="*", default=["ppocrv4-det"], metavar="MODEL",
-                       help="zoo name, ONNX or engine file; MODEL@cpu or MODEL@tensorrt for its backend (default "
+                       help="zoo name, ONNX or engine file; MODEL@cpu, MODEL@openvino or MODEL@tensorrt for its backend (default "
                        "ppocrv4-det, as detect)")
-    bench.add_argument("--backend", default="auto", choices=["auto", "cpu", "onnxruntime", "tensorrt"],
+    bench.add_argument("--backend", default="auto", choices=list(BACKENDS),
                        help="default backend of the models (default auto)")
     bench.add_argument("--input-size", type=_input_size, metavar="HxW", help="letterbox every frame into HxW, "
                        "multiples of 32 (default: the detector's limit mode, aspect kept)")

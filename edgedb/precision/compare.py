@@ -116,13 +116,16 @@ def compare_precisions(
     *,
     reference: Optional[str] = None,
     progress: bool = True,
+    backends: Optional[Mapping[str, str]] = None,
     **detector_options,
 ) -> list[PrecisionReport]:
     """Runs every model over ``samples`` (name, image, ground truth or None) and reports
     each against ``reference`` (default: the first model).
 
     ``detector_options`` go to each ``EdgeDetector`` (input size, box formation), so all
-    models see the same frames and the same box settings. All models are open at once
+    models see the same frames and the same box settings; ``backends`` maps a model's name
+    to the backend it runs on (default: ``detector_options``' backend, else "auto"), so
+    one model can be checked on OpenVINO against itself on ONNX Runtime. All models are open at once
     and run image by image; memory does not grow with the number of images.
     """
     import onnx
@@ -154,7 +157,10 @@ def compare_precisions(
                 path = Path(scratch) / f"{index}.onnx"
                 onnx.save(model, str(path))
                 model = path
-            detectors[name] = stack.enter_context(EdgeDetector(model, **detector_options))
+            options = dict(detector_options)
+            if backends and name in backends:
+                options["backend"] = backends[name]
+            detectors[name] = stack.enter_context(EdgeDetector(model, **options))
         # Image by image, every model, the reference first: each map is compared with the
         # reference's as soon as both exist and only figures are kept (issue 11: keeping
         # every map of every model grew with the number of images).

@@ -1,0 +1,171 @@
+"""edgedb against RapidOCR 3.x's detector, on RapidOCR's own engines, on several DBNets.
+
+    python bench/bench_peers.py [--models ppocrv4-det ppocrv5-det-mobile ppocrv6-det-small]
+        [--images DIR] [--count N] [--int8 DIR] [--markdown FILE] [--json FILE]
+
+For each model, in one process and interleaved image by image (the order of the
+contenders rotates from one image to the next), end to end on decoded images
+(preprocessing, inference, box formation; decoding excluded):
+
+- ``rapidocr-ort``, ``rapidocr-ov``: RapidOCR 3.x's ``TextDetector`` with its default
+  settings (config.yaml) on its ONNX Runtime and its OpenVINO engine, given the same
+  ONNX file;
+- ``edgedb-ort``, ``edgedb-ov``: ``EdgeDetector(model, backend)`` with its defaults, FP32;
+- with ``--int8 DIR``: the INT8 models ``DIR/<model>-cpu.onnx`` and ``DIR/<model>-tensorrt.onnx``
+  (``edgedb quantize <model> --target cpu|tensorrt --calib ...``) on both backends.
+
+Every contender uses all cores. Reports the median and mean milliseconds per image, the
+ICDAR 2015 precision, recall and hmean (when the images have ground truth), and speed
+ratios against both RapidOCR engines and against edgedb FP32 on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "icdar2015-dev" / "images"
+DEFAULT_MODELS = ("ppocrv4-det", "ppocrv5-det-mobile", "ppocrv6-det-small")
+
+
+def rapidocr_detector(model_path: Path, engine: str):
+    """RapidOCR 3.x's TextDetector on ``model_path``, its defaults, engine "onnxruntime" or "openvino"."""
+    from rapidocr import RapidOCR
+    from rapidocr.utils.typings import EngineType
+
+    kind = {"onnxruntime": EngineType.ONNXRUNTIME, "openvino": EngineType.OPENVINO}[engine]
+    ocr = RapidOCR(params={"Det.engine_type": kind, "Det.model_path": str(model_path), "Global.log_level": "error",
+                           "Global.use_cls": False, "Global.use_rec": False})
+    detector = ocr._load_det_model()  # the detector alone, as edgedb's EdgeDetector is
+
+    def detect(image):
+        boxes = detector(image).boxes
+        return [] if boxes is None else list(boxes)
+
+    return detect
+
+
+def edgedb_detector(model, backend: str):
+    from edgedb import EdgeDetector
+
+    detector = EdgeDetector(model, backend)
+    return lambda image: [box.points for box in detector.detect(image)]
+
+
+def contenders(model: str, int8: Path | None) -> dict:
+    from edgedb.models import resolve_model
+
+    path = resolve_model(model)
+    found = {
+        "rapidocr-ort": lambda: rapidocr_detector(path, "onnxruntime"),
+        "rapidocr-ov": lambda: rapidocr_detector(path, "openvino"),
+        "edgedb-ort": lambda: edgedb_detector(model, "onnxruntime"),
+        "edgedb-ov": lambda: edgedb_detector(model, "openvino"),
+    }
+    if int8 is not None:
+        for target in ("cpu", "tensorrt"):
+            quantized = int8 / f"{model}-{target}.onnx"
+            if not quantized.is_file():
+                sys.exit(f"bench_peers: no {quantized}; make it with edgedb quantize {model} --target {target} "
+                         f"--calib IMAGES -o {quantized}")
+            for backend, short in (("onnxruntime", "ort"), ("openvino", "ov")):
+                found[f"edgedb-int8-{target}-{short}"] = (lambda q=quantized, b=backend: edgedb_detector(q, b))
+    return {name: make() for name, make in found.items()}
+
+
+def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup: int = 2) -> dict:
+    from edgedb.evaluation import EvalResult, evaluate_image
+
+    detectors = contenders(model, int8)
+    names = list(detectors)
+    for name in names:
+        for image in images[:warmup]:
+            detectors[name](image)
+    times = {name: [] for name in names}
+    results = {name: [] for name in names}
+    for index, ((image_name, _, truth), image) in enumerate(zip(dataset, images)):
+        order = names[index % len(names):] + names[:index % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            boxes = detectors[name](image)
+            times[name].append(time.perf_counter() - start)
+            if truth is not None:
+                results[name].append(evaluate_image(boxes, truth, image_name))
+    rows = {}
+    for name in names:
+        summary = EvalResult.from_images(results[name]) if results[name] else None
+        rows[name] = {
+            "median_ms": statistics.median(times[name]) * 1e3,
+            "mean_ms": statistics.fmean(times[name]) * 1e3,
+            "precision": summary.precision if summary else None,
+            "recall": summary.recall if summary else None,
+            "hmean": summary.hmean if summary else None,
+        }
+    for name, row in rows.items():
+        for peer in ("rapidocr-ort", "rapidocr-ov", "edgedb-ort"):
+            row[f"x_{peer}"] = rows[peer]["mean_ms"] / row["mean_ms"]
+    return {"model": model, "images": len(images), "contenders": rows}
+
+
+def machine_line() -> str:
+    import onnxruntime
+    import openvino
+
+    from edgedb.bench.system import cpu_model
+
+    return (f"{cpu_model()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}, "
+            f"ONNX Runtime {onnxruntime.__version__}, OpenVINO {openvino.__version__.split('-')[0]}, "
+            f"rapidocr {__import__('importlib.metadata').metadata.version('rapidocr')}")
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Machine: {report['machine']}. Images: {report['images_dir']} (first {report['count']}).", ""]
+    for entry in report["models"]:
+        lines += [f"**{entry['model']}** ({entry['images']} images, interleaved):", "",
+                  "| contender | median ms | mean ms | hmean | P | R | x rapidocr-ort | x rapidocr-ov | x edgedb-ort |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, row in entry["contenders"].items():
+            h = "" if row["hmean"] is None else f"{row['hmean']:.3f} | {row['precision']:.3f} | {row['recall']:.3f}"
+            lines.append(f"| {name} | {row['median_ms']:.1f} | {row['mean_ms']:.1f} | {h or ' | '} | "
+                         f"{row['x_rapidocr-ort']:.2f} | {row['x_rapidocr-ov']:.2f} | {row['x_edgedb-ort']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="zoo names (default: three DBNets)")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="ICDAR-style image folder")
+    parser.add_argument("--count", type=int, default=100, help="images per model (default 100)")
+    parser.add_argument("--int8", type=Path, help="folder of INT8 models <model>-cpu.onnx, <model>-tensorrt.onnx")
+    parser.add_argument("--markdown", type=Path, help="append the tables to this file")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON")
+    args = parser.parse_args(argv)
+
+    import cv2
+
+    from edgedb.evaluation import IcdarDataset
+
+    dataset = list(IcdarDataset(args.images))[: args.count]
+    images = [cv2.imread(str(path)) for _, path, _ in dataset]
+    report = {"machine": machine_line(), "images_dir": str(args.images), "count": len(images), "models": []}
+    for model in args.models:
+        entry = run_model(model, dataset, images, args.int8)
+        report["models"].append(entry)
+        print(markdown({**report, "models": [entry]}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as out:
+            out.write(markdown(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
