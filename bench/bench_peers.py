@@ -76,13 +76,20 @@ def contenders(model: str, int8: Path | None) -> dict:
                          f"--calib IMAGES -o {quantized}")
             for backend, short in (("onnxruntime", "ort"), ("openvino", "ov")):
                 found[f"edgedb-int8-{target}-{short}"] = (lambda q=quantized, b=backend: edgedb_detector(q, b))
-    return {name: make() for name, make in found.items()}
+    made, refused = {}, {}
+    for name, make in found.items():
+        try:
+            made[name] = make()
+        except Exception as error:  # e.g. OpenVINO refusing a Q/DQ model it computes wrongly
+            refused[name] = f"{type(error).__name__}: {error}"
+            print(f"bench_peers: {model}: {name} refused: {refused[name]}", file=sys.stderr)
+    return made, refused
 
 
 def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup: int = 2) -> dict:
     from edgedb.evaluation import EvalResult, evaluate_image
 
-    detectors = contenders(model, int8)
+    detectors, refused = contenders(model, int8)
     names = list(detectors)
     for name in names:
         for image in images[:warmup]:
@@ -110,7 +117,7 @@ def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup
     for name, row in rows.items():
         for peer in ("rapidocr-ort", "rapidocr-ov", "edgedb-ort"):
             row[f"x_{peer}"] = rows[peer]["mean_ms"] / row["mean_ms"]
-    return {"model": model, "images": len(images), "contenders": rows}
+    return {"model": model, "images": len(images), "contenders": rows, "refused": refused}
 
 
 def machine_line() -> str:
@@ -134,6 +141,8 @@ def markdown(report: dict) -> str:
             h = "" if row["hmean"] is None else f"{row['hmean']:.3f} | {row['precision']:.3f} | {row['recall']:.3f}"
             lines.append(f"| {name} | {row['median_ms']:.1f} | {row['mean_ms']:.1f} | {h or ' | '} | "
                          f"{row['x_rapidocr-ort']:.2f} | {row['x_rapidocr-ov']:.2f} | {row['x_edgedb-ort']:.2f} |")
+        for name, why in entry.get("refused", {}).items():
+            lines.append(f"| {name} | refused: {why.splitlines()[0][:160]} | | | | | | | |")
         lines.append("")
     return "\n".join(lines)
 

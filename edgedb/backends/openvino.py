@@ -69,6 +69,68 @@ def _has_qdq(model: Union[str, bytes]) -> bool:
     return any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
 
 
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
+def probe_in_child(source: Union[str, bytes], where: str) -> None:
+    """Compiles and checks a Q/DQ model in a child process first, once per model, OpenVINO
+    version and CPU (the verdict is kept in the cache folder): OpenVINO 2026.4.1 crashes
+    the process (SIGSEGV in compile_model) on the CPU target of PP-OCRv6 small det, and a
+    crash must cost the child, not the caller.
+
+    Raises:
+        ModelError: the child crashed, or found the model computed wrongly.
+    """
+    import hashlib
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from edgedb.models import cache_dir
+
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    version = import_openvino().__version__.split("-")[0]
+    key = hashlib.sha256(data + version.encode() + _cpu_flags().encode()).hexdigest()[:24]
+    verdict_file = cache_dir() / "openvino-probes" / f"{key}.json"
+    try:
+        verdict = json.loads(verdict_file.read_text())
+    except (OSError, ValueError):
+        verdict = None
+    if verdict is None:
+        with tempfile.TemporaryDirectory(prefix="edgedb-openvino-probe-") as folder:
+            path = Path(folder) / "model.onnx"
+            path.write_bytes(data)
+            child = subprocess.run([sys.executable, "-m", "edgedb.backends.openvino", str(path)],
+                                   capture_output=True, text=True, timeout=600)
+        if child.returncode == 0:
+            verdict = {"ok": True}
+        elif child.returncode == _PROBE_DISAGREES:
+            verdict = {"ok": False, "why": child.stdout.strip().replace(str(path), "{model}").removesuffix(_ADVICE)}
+        elif child.returncode < 0:
+            verdict = {"ok": False, "why": f"OpenVINO {version} crashes (signal {-child.returncode}) compiling "
+                                           "{model} on this CPU"}
+        else:  # not a verdict on the model (e.g. out of memory): say it, keep nothing
+            raise ModelError(f"checking {where} on OpenVINO failed (exit {child.returncode}): "
+                             f"{child.stderr.strip()[-500:]}")
+        try:
+            verdict_file.parent.mkdir(parents=True, exist_ok=True)
+            verdict_file.write_text(json.dumps(verdict))
+        except OSError:  # a read-only cache means probing again next time
+            pass
+    if not verdict["ok"]:
+        raise ModelError(verdict["why"].replace("{model}", where) + _ADVICE)
+
+
+_PROBE_DISAGREES = 3
+_ADVICE = ": run it with backend 'onnxruntime', or quantize it with the other --target (edgedb quantize)"
+
+
 class OpenVINOBackend(Backend):
     """An OpenVINO CPU model over an ONNX file, serialized bytes or a ModelProto.
 
@@ -86,7 +148,7 @@ class OpenVINOBackend(Backend):
     name = "openvino"
 
     def __init__(self, model: Union[str, Path, bytes, "onnx.ModelProto"], *, threads: Optional[int] = None,  # noqa: F821
-                 max_shapes: int = 8):
+                 max_shapes: int = 8, probe: bool = True):
         from collections import OrderedDict
 
         ov = import_openvino()
@@ -111,6 +173,8 @@ class OpenVINOBackend(Backend):
         if not self.static_shapes:
             self._request_for(None)  # a float model compiles now, once
         else:
+            if probe:
+                probe_in_child(source, self._where)
             self._check_against_onnxruntime()
         self.threads = int(self._config["INFERENCE_NUM_THREADS"])
         log.info("openvino model: inputs %s, outputs %s, %d threads, %s shapes", self.input_names, self.output_names,
@@ -170,10 +234,8 @@ class OpenVINOBackend(Backend):
             union = np.logical_or(a, b).sum()
             agreement = np.logical_and(a, b).sum() / union if union else 1.0
             if agreement < 0.8:
-                raise ModelError(
-                    f"OpenVINO computes {self._where} differently from ONNX Runtime on this CPU (binarized "
-                    f"{name!r} IoU {agreement:.2f} on a test frame): run it with backend 'onnxruntime', or quantize "
-                    f"with --target cpu (edgedb quantize), whose models OpenVINO runs correctly")
+                raise ModelError(f"OpenVINO computes {self._where} differently from ONNX Runtime on this CPU "
+                                 f"(binarized {name!r} IoU {agreement:.2f} on a test frame){_ADVICE}")
 
     @property
     def compiled_shapes(self) -> int:
@@ -199,3 +261,13 @@ class OpenVINOBackend(Backend):
         with self._lock:
             self._compiled.clear()
             del self._model, self._core, self._source
+
+
+if __name__ == "__main__":  # the child of probe_in_child: python -m edgedb.backends.openvino MODEL
+    import sys
+
+    try:
+        OpenVINOBackend(sys.argv[1], threads=1, probe=False).close()
+    except ModelError as error:
+        print(str(error).removesuffix(_ADVICE))
+        sys.exit(_PROBE_DISAGREES)
