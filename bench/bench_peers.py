@@ -11,6 +11,8 @@ contenders rotates from one image to the next), end to end on decoded images
   settings (config.yaml) on its ONNX Runtime and its OpenVINO engine, given the same
   ONNX file;
 - ``edgedb-ort``, ``edgedb-ov``: ``EdgeDetector(model, backend)`` with its defaults, FP32;
+- ``edgedb-ov-bf16``: the FP32 model on OpenVINO in bfloat16 (``precision="bf16"``), which
+  is what RapidOCR's OpenVINO engine does by itself on CPUs with AVX-512 BF16 or AMX;
 - with ``--int8 DIR``: the INT8 models ``DIR/<model>-cpu.onnx`` and ``DIR/<model>-tensorrt.onnx``
   (``edgedb quantize <model> --target cpu|tensorrt --calib ...``) on both backends.
 
@@ -51,10 +53,10 @@ def rapidocr_detector(model_path: Path, engine: str):
     return detect
 
 
-def edgedb_detector(model, backend: str):
+def edgedb_detector(model, backend: str, **options):
     from edgedb import EdgeDetector
 
-    detector = EdgeDetector(model, backend)
+    detector = EdgeDetector(model, backend, **options)
     return lambda image: [box.points for box in detector.detect(image)]
 
 
@@ -67,6 +69,9 @@ def contenders(model: str, int8: Path | None) -> dict:
         "rapidocr-ov": lambda: rapidocr_detector(path, "openvino"),
         "edgedb-ort": lambda: edgedb_detector(model, "onnxruntime"),
         "edgedb-ov": lambda: edgedb_detector(model, "openvino"),
+        # OpenVINO in bfloat16 (where the CPU has AVX-512 BF16 or AMX; float32 elsewhere), as
+        # RapidOCR's OpenVINO engine runs by default on such CPUs
+        "edgedb-ov-bf16": lambda: edgedb_detector(model, "openvino", precision="bf16"),
     }
     if int8 is not None:
         for target in ("cpu", "tensorrt"):

@@ -366,9 +366,9 @@ def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
                        help="letterbox every image into this fixed input size (multiples of 32; default: the "
                             "limit mode, aspect kept)")
     group.add_argument("--threads", type=_threads, help=f"CPU threads, at most the {CORES} cores (default: all cores)")
-    group.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
+    group.add_argument("--precision", choices=["fp32", "fp16", "int8", "best", "bf16"],
                        help="convert the ONNX model to this precision first (default: its own); "
-                            "int8 and best need --calib")
+                            "int8 and best need --calib; bf16: --backend openvino runs the FP32 model in bfloat16")
     group.add_argument("--calib", help="calibration images for int8/best: a folder or a list file")
     _add_engine_shape_arguments(group)
     defaults = DEFAULT_BOXES
@@ -405,6 +405,8 @@ def _detector(args: argparse.Namespace, skipped: _Skipped):
 
     if not is_engine_file(args.model):
         _read_onnx(resolve_model(args.model))  # a damaged file is said as such, not as an odd graph
+    if args.precision == "bf16" and args.backend != "openvino":
+        raise InvalidInputError(f"--precision bf16 needs --backend openvino (got --backend {args.backend})")
 
     return EdgeDetector(
         args.model, args.backend, spec=_model_spec(args, args.model), precision=args.precision,
@@ -1085,7 +1087,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads per worker, at most the cores (default: cores / streams)")
     bench.add_argument("--limit-side-len", type=_side, help="detector side limit (default 736)")
     bench.add_argument("--limit-type", choices=["min", "max"], help="detector limit type (default min)")
-    bench.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
+    bench.add_argument("--precision", choices=["fp32", "fp16", "int8", "best", "bf16"],
                        help="convert ONNX models first (default: each model's own)")
     bench.add_argument("--calib", help="calibration images for int8/best")
     bench.add_argument("--export-times", metavar="FILE", help="every query's start, end and stage times as JSON")

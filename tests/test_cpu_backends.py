@@ -250,3 +250,20 @@ def test_cli_runs_on_openvino(tmp_path, capsys):
     assert "hmean" in capsys.readouterr().out
     image = data / "img_1.jpg"
     assert main(["detect", str(image), "--backend", "openvino", "--json", str(tmp_path / "boxes.json")]) == 0
+
+
+@needs_openvino
+def test_bf16_runs_the_fp32_graph_on_openvino(capsys):
+    from edgedb.cli import main
+
+    image = make_text_image(8, size=(480, 640)).image
+    with EdgeDetector(backend="openvino", precision="bf16", limit_side_len=480) as detector, \
+            EdgeDetector(backend="onnxruntime", limit_side_len=480) as reference:
+        assert detector._backend.inference_precision == "bf16"
+        assert iou(detector.probability_map(image), reference.probability_map(image)) > 0.9
+    with pytest.raises(InvalidInputError, match="precision 'bf16' runs on backend 'openvino'"):
+        EdgeDetector(backend="onnxruntime", precision="bf16")
+    with pytest.raises(InvalidInputError, match="inference_precision"):
+        create_backend("openvino", b"", inference_precision="f8")
+    assert main(["detect", "--precision", "bf16", "--backend", "cpu"]) == 2
+    assert "--precision bf16 needs --backend openvino" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def resolve_backend_name(name: str) -> str:
 def create_backend(name: str, model, **options) -> Backend:
     """A backend for ``model``: an ONNX model (path, bytes or ModelProto) on ONNX Runtime or
     OpenVINO, or an engine file built by edgedb on TensorRT. Options: ``threads`` (the CPU
-    backends), ``device`` (TensorRT)."""
+    backends), ``inference_precision`` (OpenVINO: "f32" or "bf16"), ``device`` (TensorRT)."""
     concrete = resolve_backend_name(name)
     if concrete == "onnxruntime":
         from edgedb.backends.onnxrt import OnnxRuntimeBackend
@@ -46,7 +46,8 @@ def create_backend(name: str, model, **options) -> Backend:
     if concrete == "openvino":
         from edgedb.backends.openvino import OpenVINOBackend
 
-        return OpenVINOBackend(model, threads=options.get("threads"))
+        return OpenVINOBackend(model, threads=options.get("threads"),
+                               inference_precision=options.get("inference_precision", "f32"))
     from edgedb.backends.tensorrt import TensorRTBackend
 
     if not isinstance(model, (str, Path)):

@@ -42,13 +42,20 @@ def openvino_available() -> bool:
         return False
 
 
-def compile_config(threads: Optional[int]) -> dict[str, str]:
+INFERENCE_PRECISIONS = ("f32", "bf16")
+
+
+def compile_config(threads: Optional[int], inference_precision: str = "f32") -> dict[str, str]:
     """The CPU plugin's settings: one inference at a time on every core (or ``threads``),
-    in float32 wherever the model is float. OpenVINO would otherwise run a float model in
-    bfloat16 on CPUs that have it (AVX-512 BF16, AMX): faster, but another precision than
-    the one the model was checked in."""
+    in float32 wherever the model is float unless ``inference_precision="bf16"``. OpenVINO
+    would otherwise pick bfloat16 by itself on CPUs that have it (AVX-512 BF16, AMX):
+    faster, but another precision than the one the model was checked in, so it is asked
+    for by name (EdgeDetector's ``precision="bf16"``)."""
+    if inference_precision not in INFERENCE_PRECISIONS:
+        raise InvalidInputError(f"inference_precision must be one of {INFERENCE_PRECISIONS}, "
+                                f"not {inference_precision!r}")
     threads = thread_count("threads", threads) or os.cpu_count() or 1
-    return {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32",
+    return {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": inference_precision,
             "INFERENCE_NUM_THREADS": str(threads)}
 
 
@@ -151,11 +158,12 @@ class OpenVINOBackend(Backend):
     name = "openvino"
 
     def __init__(self, model: Union[str, Path, bytes, "onnx.ModelProto"], *, threads: Optional[int] = None,  # noqa: F821
-                 max_shapes: int = 8, probe: bool = True):
+                 max_shapes: int = 8, probe: bool = True, inference_precision: str = "f32"):
         from collections import OrderedDict
 
         ov = import_openvino()
-        self._config = compile_config(threads)
+        self._config = compile_config(threads, inference_precision)
+        self.inference_precision = inference_precision
         if hasattr(model, "SerializeToString"):
             model = model.SerializeToString()
         source = model if isinstance(model, bytes) else str(model)
