@@ -162,3 +162,28 @@ def test_tensorrt_runs_report_the_gpu_stages(monkeypatch, frames):
     assert result.layers and result.layers[0]["calls"] == 10  # one report per layer per profiled run
     assert "GPU Compute Time" in report([result])
     assert not np.isnan(result.latency().median)
+
+
+def test_peer_benchmark_runs(tmp_path):
+    """bench/bench_peers.py end to end on two generated images (skipped without its peers)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    pytest.importorskip("rapidocr")
+    pytest.importorskip("openvino")
+    from edgedb.synthetic import make_dataset
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_peers.py"
+    spec = importlib.util.spec_from_file_location("bench_peers", script)
+    bench_peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_peers)
+    make_dataset(tmp_path / "data", 2, seed=5, size=(320, 480))
+    out = tmp_path / "peers.json"
+    assert bench_peers.main(["--models", "ppocrv4-det", "--images", str(tmp_path / "data"), "--count", "2",
+                             "--json", str(out), "--markdown", str(tmp_path / "peers.md")]) == 0
+    report = json.loads(out.read_text())
+    rows = report["models"][0]["contenders"]
+    assert {"rapidocr-ort", "rapidocr-ov", "edgedb-ort", "edgedb-ov", "edgedb-ov-bf16"} <= set(rows)
+    assert all(row["hmean"] is not None and row["mean_ms"] > 0 for row in rows.values())
+    assert "x rapidocr-ov" in (tmp_path / "peers.md").read_text()
