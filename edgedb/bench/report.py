@@ -22,7 +22,7 @@ def format_system(system: dict) -> str:
     parts = [f"CPU: {system.get('cpu', '?')} ({system.get('cores', '?')} cores, {system.get('machine', '')})",
              f"memory {system.get('memory_gib', '?')} GiB", f"OS {system.get('os', '?')}",
              f"Python {system.get('python', '?')}", f"ONNX Runtime {system.get('onnxruntime', '?')}"]
-    for key, title in (("tensorrt", "TensorRT"), ("cuda_driver", "CUDA driver"), ("gpu", "GPU"),
+    for key, title in (("openvino", "OpenVINO"), ("tensorrt", "TensorRT"), ("cuda_driver", "CUDA driver"), ("gpu", "GPU"),
                        ("compute_capability", "compute capability"), ("l4t", "L4T"), ("power_mode", "power mode"),
                        ("clocks_locked", "clocks locked")):
         if key in system:

@@ -82,6 +82,16 @@ def gpu_info() -> dict:
     return info
 
 
+def openvino_version() -> str | None:
+    """OpenVINO's version where the openvino extra is installed (read without importing it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def system_info() -> dict:
     import onnxruntime
 
@@ -94,6 +104,7 @@ def system_info() -> dict:
         "python": sys.version.split()[0],
         "onnxruntime": onnxruntime.__version__,
     }
+    info["openvino"] = openvino_version()
     info.update(gpu_info())
     info.update(jetson_info())
     return {key: value for key, value in info.items() if value not in (None, "")}
