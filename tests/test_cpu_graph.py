@@ -133,3 +133,60 @@ def test_upsampling_is_pinned_to_nchw_and_exact(factor, transform, rounding):
 def test_other_upsamplings_are_left_alone(factor, transform, rounding):
     out, count = rewritten(upsampling_model(factor, transform, rounding), upsample_in_nchw)
     assert count == 0 and [n.op_type for n in out.graph.node].count("Resize") == 1
+
+
+def quantized_gelu_model(scale_x: float = 0.05) -> onnx.ModelProto:
+    """GELU between Q/DQ pairs as quantize_static writes it for the CPU target: uint8 x,
+    DQ -> Div(sqrt 2) -> Erf -> Q/DQ -> Add(1) -> Q/DQ -> Mul(x) -> Q -> DQ (the 1/2 in the
+    output's scale)."""
+    def qdq(src, name, scale, zero):
+        return [helper.make_node("QuantizeLinear", [src, name + "_s", name + "_z"], [name + "_q"]),
+                helper.make_node("DequantizeLinear", [name + "_q", name + "_s", name + "_z"], [name])], [
+            array(name + "_s", scale), array(name + "_z", zero, np.uint8)]
+
+    nodes, inits = [], [array("sqrt2", np.sqrt(2)), array("one", 1.0)]
+    for part in (qdq("x", "xd", scale_x, 128),):
+        nodes += part[0]; inits += part[1]
+    nodes += [helper.make_node("Div", ["xd", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"])]
+    n, i = qdq("e", "ed", 2 / 255, 128); nodes += n; inits += i
+    nodes += [helper.make_node("Add", ["ed", "one"], ["a"])]
+    n, i = qdq("a", "ad", 2 / 255, 0); nodes += n; inits += i
+    nodes += [helper.make_node("Mul", ["xd", "ad"], ["m"])]
+    n, i = qdq("m", "y", scale_x * 2, 60); nodes += n; inits += i
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_gelu_becomes_an_integer_sigmoid():
+    from edgedb.precision.cpu_graph import gelu_as_sigmoid
+
+    model = quantized_gelu_model()
+    out, count = rewritten(model, gelu_as_sigmoid)
+    assert count == 1
+    ops = [n.op_type for n in out.graph.node]
+    assert "Erf" not in ops and "Div" not in ops and "Add" not in ops and ops.count("Sigmoid") == 1
+    x = np.random.default_rng(0).uniform(-6, 6, (1, 8, 16, 16)).astype(np.float32)
+    before, after = run(model, {"x": x}), run(out, {"x": x})
+    exact = x * (1 + np.vectorize(__import__("math").erf)(x / np.sqrt(2)))  # 2 GELU(x): the 1/2 is a scale
+    quantization = 0.1 / 2 + 0.05 / 2 * 2 + 6 * (2 / 255) / 2  # y, x and gate steps (half each, rounding)
+    assert np.abs(before - exact).max() <= quantization
+    assert np.abs(after - exact).max() <= quantization + 2 * 0.021  # and the approximation of GELU
+    # ONNX Runtime runs it as QLinearSigmoid (no float Sigmoid left)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(__import__("tempfile").mktemp(suffix=".onnx"))
+    ort.InferenceSession(out.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "QLinearSigmoid" in fused and "Sigmoid" not in fused
+
+
+def test_gelu_of_another_form_is_left_alone():
+    from edgedb.precision.cpu_graph import gelu_as_sigmoid
+
+    model = quantized_gelu_model()
+    for init in model.graph.initializer:
+        if init.name == "one":
+            init.CopyFrom(array("one", 2.0))
+    _, count = rewritten(model, gelu_as_sigmoid)
+    assert count == 0

@@ -13,6 +13,8 @@ islands exactly (or, where noted, to within the quantization step):
   convolution's quantized input; the normalization moves into its weights and bias.
 - ``upsample_in_nchw`` (after): nearest upsampling kept where ONNX Runtime has a fast
   uint8 kernel for it.
+- ``gelu_as_sigmoid`` (after; approximate, within 0.021): GELU's Erf, which has no
+  integer kernel, as a quantized Sigmoid.
 """
 
 from __future__ import annotations
@@ -144,6 +146,81 @@ def fold_scalar_muls_into_scales(graph) -> int:
         requantize.outputs, mul.outputs = [], []
         folded += 1
     return folded
+
+
+GELU_SIGMOID_SLOPE = 1.702  # x * sigmoid(1.702 x) is within 0.021 of GELU's x * (1 + erf(x / sqrt 2)) / 2
+
+
+def gelu_as_sigmoid(graph) -> int:
+    """GELU's ``1 + erf(x / sqrt(2))``, computed in float between Q/DQ pairs (ONNX Runtime has
+    no integer Erf), becomes ``2 * sigmoid(1.702 x)``, which it has: the quantized x read
+    with its scale times 1.702, a Sigmoid quantized to [0, 1] in steps of 1/255, read back
+    with steps of 2/255. ONNX Runtime then fuses QLinearSigmoid and the QLinearMul by x:
+    the Div, the Erf, their dequantize and requantize over the whole tensor and the
+    QLinearAdd of 1 go. The change to GELU is at most 0.021 (at |x| near 2), about half an
+    activation step of these models; accuracy is checked by hmean (bench/RESULTS.md).
+
+    Matches DQ(x) -> Div(sqrt 2) -> Erf -> Q/DQ -> Add(1) -> Q -> DQ readers, as
+    ``quantize_static`` writes GELU; returns how many were rewritten.
+    """
+    import onnx_graphsurgeon as gs
+
+    rewritten = 0
+    for erf in [n for n in graph.nodes if n.op == "Erf" and n.outputs]:
+        div = erf.inputs[0].inputs[0] if erf.inputs[0].inputs else None
+        if div is None or div.op != "Div" or len(div.outputs[0].outputs) != 1:
+            continue
+        divisor = _constant_value(div.inputs[1])
+        x = div.inputs[0]
+        dequantize_x = x.inputs[0] if x.inputs else None
+        if divisor is None or divisor.size != 1 or abs(float(divisor.reshape(())) - np.sqrt(2)) > 1e-3:
+            continue
+        if dequantize_x is None or dequantize_x.op != "DequantizeLinear" or np.asarray(dequantize_x.inputs[1].values).size != 1:
+            continue
+        # Erf -> Q -> DQ -> Add(1) -> Q, whose readers are all DequantizeLinear
+        chain = _single_chain(erf, ["QuantizeLinear", "DequantizeLinear", "Add", "QuantizeLinear"])
+        if chain is None:
+            continue
+        _, dequantize_e, add, requantize = chain
+        one = [_constant_value(t) for t in add.inputs if t is not dequantize_e.outputs[0]]
+        readers = list(requantize.outputs[0].outputs)
+        if len(one) != 1 or one[0] is None or one[0].size != 1 or abs(float(one[0].reshape(())) - 1) > 1e-6:
+            continue
+        if not readers or any(r.op != "DequantizeLinear" for r in readers) or any(
+                t is requantize.outputs[0] for t in graph.outputs):
+            continue
+        name = erf.name + "_as_sigmoid"
+        scaled = gs.Variable(name + "/scaled_x", dtype=np.float32)
+        gate = gs.Variable(name + "/gate", dtype=np.float32)
+        gate_q = gs.Variable(name + "/gate_quantized", dtype=np.uint8)
+        scale_x = np.asarray(dequantize_x.inputs[1].values, np.float32) * np.float32(GELU_SIGMOID_SLOPE)
+        step = gs.Constant(name + "/gate_step", np.array(1 / 255, np.float32))
+        zero = gs.Constant(name + "/gate_zero_point", np.array(0, np.uint8))
+        graph.nodes += [
+            gs.Node("DequantizeLinear", name + "/dequantize_x",
+                    inputs=[dequantize_x.inputs[0], gs.Constant(name + "/x_scale", np.asarray(scale_x, np.float32)), dequantize_x.inputs[2]],
+                    outputs=[scaled]),
+            gs.Node("Sigmoid", name + "/sigmoid", inputs=[scaled], outputs=[gate]),
+            gs.Node("QuantizeLinear", name + "/quantize", inputs=[gate, step, zero], outputs=[gate_q]),
+        ]
+        for reader in readers:  # 1 + erf = 2 * sigmoid: the same integers read with twice the step
+            reader.inputs = [gate_q, gs.Constant(reader.name + "_gate_step", np.array(2 / 255, np.float32)), zero]
+        requantize.outputs, erf.outputs = [], []
+        rewritten += 1
+    return rewritten
+
+
+def _single_chain(node, ops: list):
+    """The nodes of ``ops`` following ``node`` one after another, each the only reader of
+    the one before (else None)."""
+    chain = []
+    for op in ops:
+        readers = node.outputs[0].outputs if node.outputs else []
+        if len(readers) != 1 or readers[0].op != op:
+            return None
+        node = readers[0]
+        chain.append(node)
+    return chain
 
 
 def fold_preprocessing_into_first_convs(graph, weight_limit: int = 127) -> bool:

@@ -30,6 +30,7 @@ from edgedb.precision.calibration import HISTOGRAM_BINS, CalibrationStats, Tenso
 from edgedb.precision.cpu_graph import (
     decompose_activations,
     fold_preprocessing_into_first_convs,
+    gelu_as_sigmoid,
     fold_scalar_muls_into_scales,
     upsample_in_nchw,
 )
@@ -233,6 +234,7 @@ def quantize_int8(model, stats: CalibrationStats, *, target: str = "tensorrt", m
         if not fold_preprocessing_into_first_convs(graph, weight_limit=limit):
             log.info("kept the float preprocessing: the normalized frame is not read by convolutions only")
         log.info("kept %d nearest upsamplings in NCHW", upsample_in_nchw(graph))
+        log.info("wrote %d GELUs with a quantized Sigmoid", gelu_as_sigmoid(graph))
     graph.cleanup().toposort()
     quantized = gs.export_onnx(graph)
     store_spec(quantized, spec)
