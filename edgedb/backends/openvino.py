@@ -34,14 +34,6 @@ def import_openvino():
     return openvino
 
 
-def openvino_available() -> bool:
-    """True when openvino imports and offers its CPU device."""
-    try:
-        return "CPU" in import_openvino().Core().available_devices
-    except Exception:  # any failure means: not usable here
-        return False
-
-
 INFERENCE_PRECISIONS = ("f32", "bf16")
 
 
@@ -59,20 +51,14 @@ def compile_config(threads: Optional[int], inference_precision: str = "f32") -> 
             "INFERENCE_NUM_THREADS": str(threads)}
 
 
-def _graph_names(model: Union[str, bytes]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The ONNX graph's input and output names, in order (weights not read)."""
-    import onnx
-
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+def _graph_names(proto) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ONNX graph's input and output names, in order."""
     initializers = {init.name for init in proto.graph.initializer}
     inputs = tuple(value.name for value in proto.graph.input if value.name not in initializers)
     return inputs, tuple(value.name for value in proto.graph.output)
 
 
-def _has_qdq(model: Union[str, bytes]) -> bool:
-    import onnx
-
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+def _has_qdq(proto) -> bool:
     return any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
 
 
@@ -170,14 +156,19 @@ class OpenVINOBackend(Backend):
         self._source = source
         self._where = "the given model" if isinstance(source, bytes) else source
         try:
+            import onnx
+
+            proto = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
             self._core = ov.Core()
             self._model = self._core.read_model(io.BytesIO(source) if isinstance(source, bytes) else source)
-            # A port carries every name of the tensors OpenVINO merged into it ("x" and "image",
-            # where an Identity was removed); the ONNX graph's own names are the ones callers use.
-            self.input_names, self.output_names = _graph_names(source)
-            self.static_shapes = _has_qdq(source)
-        except Exception as error:  # OpenVINO raises RuntimeError and its own types; say what failed
+        except Exception as error:  # onnx and OpenVINO raise their own types; say what failed
             raise ModelError(f"OpenVINO cannot load {self._where}: {error}") from error
+        # A port carries every name of the tensors OpenVINO merged into it ("x" and "image",
+        # where an Identity was removed); the ONNX graph's own names are the ones callers use.
+        self.input_names, self.output_names = _graph_names(proto)
+        self.static_shapes = _has_qdq(proto)
+        self._proto = proto if self.static_shapes else None  # fixed to each input size in _static_onnx
+        self.threads = int(self._config["INFERENCE_NUM_THREADS"])
         self.max_shapes = max_shapes
         self._compiled: "OrderedDict[Optional[tuple], tuple]" = OrderedDict()  # shapes -> (compiled, request)
         self._lock = threading.Lock()
@@ -188,7 +179,6 @@ class OpenVINOBackend(Backend):
                 probe_in_child(source, self._where)
             with self._lock:  # a first size, so that a model computed wrongly is refused now
                 self._request_for(((1, *PROBE_SIZE, 3),) if len(self.input_names) == 1 else None)
-        self.threads = int(self._config["INFERENCE_NUM_THREADS"])
         log.info("openvino model: inputs %s, outputs %s, %d threads, %s shapes", self.input_names, self.output_names,
                  self.threads, "static" if self.static_shapes else "dynamic")
 
@@ -205,7 +195,8 @@ class OpenVINOBackend(Backend):
         reshaping the model OpenVINO read with dynamic dimensions keeps the wrong results."""
         import onnx
 
-        proto = onnx.load_from_string(self._source) if isinstance(self._source, bytes) else onnx.load(self._source)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self._proto)
         for value in proto.graph.input:
             if value.name in self.input_names:
                 shape = shapes[self.input_names.index(value.name)]
@@ -245,7 +236,7 @@ class OpenVINOBackend(Backend):
         size = tuple(shape[1:3])
         frame = prepare_fixed(make_text_image(0, size=size).image, size).frame[None]
         feed = {self.input_names[0]: np.repeat(frame, shape[0], axis=0)}
-        with OnnxRuntimeBackend(self._source, threads=int(self._config["INFERENCE_NUM_THREADS"])) as reference:
+        with OnnxRuntimeBackend(self._source, threads=self.threads) as reference:
             expected = reference.infer(feed)
         got = request.infer(feed, share_inputs=True, share_outputs=False)
         for name in self.output_names:
@@ -280,7 +271,7 @@ class OpenVINOBackend(Backend):
     def _release(self) -> None:
         with self._lock:
             self._compiled.clear()
-            del self._model, self._core, self._source
+            del self._model, self._core, self._source, self._proto
 
 
 if __name__ == "__main__":  # the child of probe_in_child: python -m edgedb.backends.openvino MODEL
