@@ -13,7 +13,9 @@ from edgedb.graph import (
     fold_affine_into_next_conv,
     fold_conv_affine,
     fuse_hardswish,
+    remove_identities,
     residual_scale_as_one_mul,
+    spatial_mean_as_global_pool,
     rewrite_model,
     subpixel_head,
 )
@@ -165,6 +167,49 @@ def test_residual_gate_becomes_one_mul():
     assert ops.count("Mul") == 1 and ops.count("Add") == 1
     big = next(n for n in out.graph.node if n.op_type == "Mul")
     assert "x" in big.input  # the full-size pass is the Mul; the Add works on the gate
+    np.testing.assert_allclose(run(out, x)[0], run(model, x)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_identities_go_and_the_head_is_found_behind_them():
+    """Newer Paddle2ONNX exports put an Identity after each layer; the head rewrite must
+    still see ConvTranspose -> Relu -> ConvTranspose. An Identity naming a graph output stays."""
+    model = dbnet_head_model(1)
+    nodes = []
+    for node in model.graph.node:  # route every edge through an Identity
+        name = node.output[0]
+        node.output[0] = name + "_raw"
+        nodes += [node, helper.make_node("Identity", [name + "_raw"], [name])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(6).normal(0, 1, (1, 6, 5, 4)).astype(np.float32)
+    out = simplified(model, remove_identities, subpixel_head)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops == ["Conv", "Relu", "Conv", "DepthToSpace", "Sigmoid", "Identity"]
+    assert out.graph.output[0].name == "y"
+    np.testing.assert_allclose(run(out, x)[0], run(model, x)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axes, keepdims, as_input, pooled", [
+    ([2, 3], 1, False, True), ([-1, -2], 1, False, True), ([2, 3], 1, True, True),
+    ([2, 3], 0, False, False), ([1, 2], 1, False, False),
+])
+def test_spatial_mean_becomes_global_pool(axes, keepdims, as_input, pooled):
+    opset = 18 if as_input else 17
+    inputs, inits, attrs = ["x"], [], {"keepdims": keepdims}
+    if as_input:
+        inputs.append("axes")
+        inits.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+    else:
+        attrs["axes"] = axes
+    node = helper.make_node("ReduceMean", inputs, ["y"], **attrs)
+    x = np.random.default_rng(7).normal(0, 1, (2, 4, 5, 6)).astype(np.float32)
+    shape = list(np.mean(x, axis=tuple(axes), keepdims=bool(keepdims)).shape)
+    graph = helper.make_graph([node], "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    out = simplified(model, spatial_mean_as_global_pool)
+    assert (out.graph.node[0].op_type == "GlobalAveragePool") is pooled
     np.testing.assert_allclose(run(out, x)[0], run(model, x)[0], rtol=1e-6, atol=1e-6)
 
 

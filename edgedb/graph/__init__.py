@@ -18,7 +18,9 @@ from edgedb.graph.simplify import (
     fold_affine_into_next_conv,
     fold_conv_affine,
     fuse_hardswish,
+    remove_identities,
     residual_scale_as_one_mul,
+    spatial_mean_as_global_pool,
     subpixel_head,
 )
 
@@ -33,9 +35,11 @@ __all__ = [
     "load_model",
     "make_dynamic",
     "prune_outputs",
+    "remove_identities",
     "rename_output",
     "residual_scale_as_one_mul",
     "rewrite_file",
+    "spatial_mean_as_global_pool",
     "subpixel_head",
     "rewrite_model",
     "upgrade_opset",

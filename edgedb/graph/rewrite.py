@@ -25,7 +25,7 @@ from edgedb.spec import METADATA_KEY, ModelSpec, guess_spec, spec_from_metadata,
 log = logging.getLogger(__name__)
 
 # Bumped whenever the passes change what they produce, so cached rewrites are redone.
-REWRITE_REVISION = 5
+REWRITE_REVISION = 6
 
 PRODUCER_NAME = "edgedb"
 
@@ -106,7 +106,8 @@ def rewrite_model(
 
     ``spec`` defaults to the one in the model's metadata, else to one guessed from the
     graph. Passes run in this order: opset upgrade, constant folding, output pruning,
-    exact simplifications (affine layers folded into convolutions, HardSwish fused,
+    exact simplifications (Identity nodes dropped, spatial ReduceMean as
+    GlobalAveragePool, affine layers folded into convolutions, HardSwish fused,
     squeeze-and-excitation residuals as one Mul, the head's two ConvTranspose as 1x1
     convolutions and DepthToSpace; see
     ``edgedb.graph.simplify``), preprocessing fusion, renaming the map to ``prob``,
@@ -131,6 +132,8 @@ def rewrite_model(
         passes.prune_outputs(graph, spec.prob_output)
         counts["pruned"] = len(graph.nodes)
     if simplify:
+        simplify_passes.remove_identities(graph)
+        simplify_passes.spatial_mean_as_global_pool(graph)
         simplify_passes.batchnorm_as_affine(graph)
         simplify_passes.fold_conv_affine(graph)
         if passes.default_opset(upgraded) >= 14:  # HardSwish exists from opset 14

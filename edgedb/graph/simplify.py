@@ -3,7 +3,8 @@
 Lightweight backbones (PP-LCNet in PP-OCRv4 det, MobileNetV3) export their activations
 and learnable affine layers as chains of Add/Clip/Mul/Div. On a CPU each link is one
 more pass over memory: in PP-OCRv4 det they cost a third of the inference time. These
-passes fold what is linear into the convolution before it and fuse the HardSwish
+passes drop the Identity nodes newer exporters scatter between layers, fold what is
+linear into the convolution before it and fuse the HardSwish
 decomposition into the single ONNX operator (opset >= 14; ONNX Runtime and TensorRT both
 run it natively). ``residual_scale_as_one_mul`` turns x + x * gate into one Mul, and
 ``subpixel_head`` rewrites the DBNet head's two stride-2 ConvTranspose
@@ -43,6 +44,51 @@ def _per_channel(values: np.ndarray, channels: int) -> Optional[np.ndarray]:
     if values.ndim in (3, 4) and values.size == channels and values.shape[-3] == channels:
         return values.reshape(channels).astype(np.float64)
     return None
+
+
+def remove_identities(graph: gs.Graph) -> gs.Graph:
+    """Drops Identity nodes (newer Paddle2ONNX exports put one after nearly every layer:
+    147 in PP-OCRv6 small det). Runtimes skip them anyway, but they hide the patterns the
+    passes below look for (a ConvTranspose -> Relu -> ConvTranspose head, a Conv's only
+    consumer). An Identity that produces a graph output is kept, so output names hold."""
+    outputs = {id(t) for t in graph.outputs}
+    removed = 0
+    for node in [n for n in graph.nodes if n.op == "Identity"]:
+        source, target = node.inputs[0], node.outputs[0]
+        if id(target) in outputs:
+            continue
+        for consumer in list(target.outputs):
+            for index, tensor in enumerate(consumer.inputs):
+                if tensor is target:
+                    consumer.inputs[index] = source
+        node.outputs.clear()
+        removed += 1
+    graph.cleanup().toposort()
+    if removed:
+        log.info("removed %d Identity nodes", removed)
+    return graph
+
+
+def spatial_mean_as_global_pool(graph: gs.Graph) -> gs.Graph:
+    """ReduceMean over H and W with keepdims on an NCHW tensor as the GlobalAveragePool it
+    is (PP-OCRv6's squeeze-excite blocks use both spellings). ONNX Runtime keeps
+    GlobalAveragePool in its blocked NCHWc layout but reorders around ReduceMean, and
+    quantizers have an integer GlobalAveragePool. Exact."""
+    count = 0
+    for node in [n for n in graph.nodes if n.op == "ReduceMean" and n.attrs.get("keepdims", 1) == 1]:
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+            axes = np.asarray(node.inputs[1].values).tolist()  # opset 18 moved axes to an input
+        shape = node.inputs[0].shape
+        if axes is None or shape is None or len(shape) != 4 or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        node.op, node.attrs = "GlobalAveragePool", {}
+        while len(node.inputs) > 1:
+            node.inputs.pop()
+        count += 1
+    if count:
+        log.info("%d spatial ReduceMean as GlobalAveragePool", count)
+    return graph
 
 
 def batchnorm_as_affine(graph: gs.Graph) -> gs.Graph:
