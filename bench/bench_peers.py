@@ -1,7 +1,8 @@
 """edgedb against RapidOCR 3.x's detector, on RapidOCR's own engines, on several DBNets.
 
     python bench/bench_peers.py [--models ppocrv4-det ppocrv5-det-mobile ppocrv6-det-small]
-        [--images DIR] [--count N] [--int8 DIR] [--markdown FILE] [--json FILE]
+        [--images DIR] [--offset K] [--count N] [--int8 DIR] [--only PATTERN ...]
+        [--markdown FILE] [--json FILE]
 
 For each model, in one process and interleaved image by image (the order of the
 contenders rotates from one image to the next), end to end on decoded images
@@ -24,6 +25,7 @@ ratios against both RapidOCR engines and against edgedb FP32 on ONNX Runtime.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import platform
 import statistics
@@ -60,7 +62,11 @@ def edgedb_detector(model, backend: str, **options):
     return lambda image: [box.points for box in detector.detect(image)]
 
 
-def contenders(model: str, int8: Path | None) -> dict:
+# Every run keeps these: the ratios are taken against them.
+BASELINES = ("rapidocr-ort", "rapidocr-ov", "edgedb-ort")
+
+
+def contenders(model: str, int8: Path | None, only=()) -> dict:
     from edgedb.models import resolve_model
 
     path = resolve_model(model)
@@ -81,6 +87,9 @@ def contenders(model: str, int8: Path | None) -> dict:
                          f"--calib IMAGES -o {quantized}")
             for backend, short in (("onnxruntime", "ort"), ("openvino", "ov")):
                 found[f"edgedb-int8-{target}-{short}"] = (lambda q=quantized, b=backend: edgedb_detector(q, b))
+    if only:
+        found = {name: make for name, make in found.items()
+                 if name in BASELINES or any(fnmatch.fnmatchcase(name, pattern) for pattern in only)}
     made, refused = {}, {}
     for name, make in found.items():
         try:
@@ -91,10 +100,10 @@ def contenders(model: str, int8: Path | None) -> dict:
     return made, refused
 
 
-def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup: int = 2) -> dict:
+def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup: int = 2, only=()) -> dict:
     from edgedb.evaluation import EvalResult, evaluate_image
 
-    detectors, refused = contenders(model, int8)
+    detectors, refused = contenders(model, int8, only)
     names = list(detectors)
     for name in names:
         for image in images[:warmup]:
@@ -120,7 +129,7 @@ def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup
             "hmean": summary.hmean if summary else None,
         }
     for name, row in rows.items():
-        for peer in ("rapidocr-ort", "rapidocr-ov", "edgedb-ort"):
+        for peer in BASELINES:
             row[f"x_{peer}"] = rows[peer]["mean_ms"] / row["mean_ms"]
     return {"model": model, "images": len(images), "contenders": rows, "refused": refused}
 
@@ -137,7 +146,8 @@ def machine_line() -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Machine: {report['machine']}. Images: {report['images_dir']} (first {report['count']}).", ""]
+    first = f"{report['offset'] + 1}..{report['offset'] + report['count']}" if report.get("offset") else f"first {report['count']}"
+    lines = [f"Machine: {report['machine']}. Images: {report['images_dir']} ({first}).", ""]
     for entry in report["models"]:
         lines += [f"**{entry['model']}** ({entry['images']} images, interleaved):", "",
                   "| contender | median ms | mean ms | hmean | P | R | x rapidocr-ort | x rapidocr-ov | x edgedb-ort |",
@@ -156,8 +166,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="zoo names (default: three DBNets)")
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="ICDAR-style image folder")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many images first (e.g. those INT8 calibration saw)")
     parser.add_argument("--count", type=int, default=100, help="images per model (default 100)")
     parser.add_argument("--int8", type=Path, help="folder of INT8 models <model>-cpu.onnx, <model>-tensorrt.onnx")
+    parser.add_argument("--only", nargs="+", default=(), metavar="PATTERN",
+                        help="run only the contenders matching these patterns (e.g. 'edgedb-int8-cpu-*'), "
+                             "besides the three the ratios need")
     parser.add_argument("--markdown", type=Path, help="append the tables to this file")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args(argv)
@@ -166,11 +180,12 @@ def main(argv=None) -> int:
 
     from edgedb.evaluation import IcdarDataset
 
-    dataset = list(IcdarDataset(args.images))[: args.count]
+    dataset = list(IcdarDataset(args.images))[args.offset: args.offset + args.count]
     images = [cv2.imread(str(path)) for _, path, _ in dataset]
-    report = {"machine": machine_line(), "images_dir": str(args.images), "count": len(images), "models": []}
+    report = {"machine": machine_line(), "images_dir": str(args.images), "offset": args.offset, "count": len(images),
+              "models": []}
     for model in args.models:
-        entry = run_model(model, dataset, images, args.int8)
+        entry = run_model(model, dataset, images, args.int8, only=args.only)
         report["models"].append(entry)
         print(markdown({**report, "models": [entry]}), flush=True)
     if args.json:
