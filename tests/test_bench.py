@@ -184,12 +184,12 @@ def test_peer_benchmark_runs(tmp_path):
                              "--json", str(out), "--markdown", str(tmp_path / "peers.md")]) == 0
     report = json.loads(out.read_text())
     rows = report["models"][0]["contenders"]
-    assert {"rapidocr-ort", "rapidocr-ov", "edgedb-ort", "edgedb-ov", "edgedb-ov-bf16"} <= set(rows)
+    assert {"rapidocr-ort", "rapidocr-ov", "rapidocr-ov-f32", "edgedb-ort", "edgedb-ov", "edgedb-ov-bf16"} <= set(rows)
     assert all(row["hmean"] is not None and row["mean_ms"] > 0 for row in rows.values())
     assert "x rapidocr-ov" in (tmp_path / "peers.md").read_text()
     # --only keeps the three baselines; --offset skips images
     assert bench_peers.main(["--models", "ppocrv4-det", "--images", str(tmp_path / "data"), "--offset", "1",
                              "--count", "5", "--only", "edgedb-ov", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert set(report["models"][0]["contenders"]) == {"rapidocr-ort", "rapidocr-ov", "edgedb-ort", "edgedb-ov"}
+    assert set(report["models"][0]["contenders"]) == {"rapidocr-ort", "rapidocr-ov", "rapidocr-ov-f32", "edgedb-ort", "edgedb-ov"}
     assert report["count"] == 1 and report["models"][0]["images"] == 1
