@@ -15,8 +15,9 @@ contenders rotates from one image to the next), end to end on decoded images
 - ``edgedb-ort``, ``edgedb-ov``: ``EdgeDetector(model, backend)`` with its defaults, FP32;
 - ``edgedb-ov-bf16``: the FP32 model on OpenVINO in bfloat16 (``precision="bf16"``), which
   is what RapidOCR's OpenVINO engine does by itself on CPUs with AVX-512 BF16 or AMX;
-- with ``--int8 DIR``: the INT8 models ``DIR/<model>-cpu.onnx`` and ``DIR/<model>-tensorrt.onnx``
-  (``edgedb quantize <model> --target cpu|tensorrt --calib ...``) on both backends.
+- with ``--int8 DIR``: every INT8 model ``DIR/<model>-<label>.onnx`` on both backends, as
+  ``edgedb-int8-<label>-ort|ov`` (e.g. ``<model>-cpu.onnx``, ``<model>-tensorrt.onnx`` from
+  ``edgedb quantize <model> --target cpu|tensorrt --calib ...``, ``<model>-cpu-qat.onnx``).
 
 Every contender uses all cores. Reports the median and mean milliseconds per image, the
 ICDAR 2015 precision, recall and hmean (when the images have ground truth), and speed
@@ -92,13 +93,18 @@ def contenders(model: str, int8: Path | None, only=()) -> dict:
         "edgedb-ov-bf16": lambda: edgedb_detector(model, "openvino", precision="bf16"),
     }
     if int8 is not None:
-        for target in ("cpu", "tensorrt"):
-            quantized = int8 / f"{model}-{target}.onnx"
-            if not quantized.is_file():
-                sys.exit(f"bench_peers: no {quantized}; make it with edgedb quantize {model} --target {target} "
-                         f"--calib IMAGES -o {quantized}")
+        from edgedb.models import zoo_names
+
+        longer = [name for name in zoo_names() if name.startswith(f"{model}-")]  # not theirs
+        quantized_models = sorted(q for q in int8.glob(f"{model}-*.onnx")
+                                  if not any(q.name.startswith(f"{name}-") for name in longer))
+        if not quantized_models:
+            sys.exit(f"bench_peers: no {int8}/{model}-*.onnx; make them with edgedb quantize {model} "
+                     f"--target cpu|tensorrt --calib IMAGES -o {int8}/{model}-cpu.onnx (or -tensorrt.onnx)")
+        for quantized in quantized_models:
+            label = quantized.stem[len(model) + 1:]  # cpu, tensorrt, cpu-qat, ...
             for backend, short in (("onnxruntime", "ort"), ("openvino", "ov")):
-                found[f"edgedb-int8-{target}-{short}"] = (lambda q=quantized, b=backend: edgedb_detector(q, b))
+                found[f"edgedb-int8-{label}-{short}"] = (lambda q=quantized, b=backend: edgedb_detector(q, b))
     if only:
         found = {name: make for name, make in found.items()
                  if name in BASELINES or any(fnmatch.fnmatchcase(name, pattern) for pattern in only)}
@@ -181,7 +187,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="ICDAR-style image folder")
     parser.add_argument("--offset", type=int, default=0, help="skip this many images first (e.g. those INT8 calibration saw)")
     parser.add_argument("--count", type=int, default=100, help="images per model (default 100)")
-    parser.add_argument("--int8", type=Path, help="folder of INT8 models <model>-cpu.onnx, <model>-tensorrt.onnx")
+    parser.add_argument("--int8", type=Path, help="folder of INT8 models <model>-<label>.onnx (e.g. <model>-cpu.onnx, <model>-tensorrt.onnx)")
     parser.add_argument("--only", nargs="+", default=(), metavar="PATTERN",
                         help="run only the contenders matching these patterns (e.g. 'edgedb-int8-cpu-*'), "
                              "besides the three the ratios need")
