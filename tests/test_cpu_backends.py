@@ -167,6 +167,27 @@ def test_openvino_refuses_a_quantized_model_it_computes_wrongly(fp32, monkeypatc
 
 
 @needs_openvino
+def test_openvino_checks_the_callers_own_frame(fp32, monkeypatch):
+    """A model right on the generated frame can be wrong on real ones (PP-OCRv6 small det's
+    TensorRT target): the caller's first input of each size is compared too, and a model
+    refused at one size is refused at all."""
+    from edgedb.backends import openvino
+    from edgedb.backends.onnxrt import OnnxRuntimeBackend
+
+    monkeypatch.setattr(openvino, "_has_qdq", lambda model: True)
+    real_infer = OnnxRuntimeBackend.infer
+    marked = np.full((1, 256, 256, 3), 7, np.uint8)  # the caller's frame; ONNX Runtime "finds" text on it
+    monkeypatch.setattr(OnnxRuntimeBackend, "infer", lambda self, feed: {
+        k: (1 - v * 0 if np.array_equal(feed["image"], marked) else v) for k, v in real_infer(self, feed).items()})
+    with create_backend("openvino", fp32) as backend:
+        backend.infer({"image": frame()})  # another frame: agrees
+        with pytest.raises(ModelError, match="first 256x256 input it was given"):
+            backend.infer({"image": marked})  # a new size, checked on this very frame
+        with pytest.raises(ModelError, match="first 256x256 input"):  # and refused from then on
+            backend.infer({"image": frame()})
+
+
+@needs_openvino
 def test_openvino_crashes_cost_a_child_not_the_caller(fp32, monkeypatch, tmp_path):
     import subprocess
 
