@@ -122,10 +122,15 @@ def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup
     from edgedb.evaluation import EvalResult, evaluate_image
 
     detectors, refused = contenders(model, int8, only)
+    for name in list(detectors):
+        try:
+            for image in images[:warmup]:
+                detectors[name](image)
+        except Exception as error:  # e.g. OpenVINO refusing a Q/DQ model on its first real frame
+            refused[name] = f"{type(error).__name__}: {error}"
+            print(f"bench_peers: {model}: {name} refused: {refused[name]}", file=sys.stderr)
+            del detectors[name]
     names = list(detectors)
-    for name in names:
-        for image in images[:warmup]:
-            detectors[name](image)
     times = {name: [] for name in names}
     results = {name: [] for name in names}
     for index, ((image_name, _, truth), image) in enumerate(zip(dataset, images)):
