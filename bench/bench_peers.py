@@ -2,11 +2,14 @@
 
     python bench/bench_peers.py [--models ppocrv4-det ppocrv5-det-mobile ppocrv6-det-small]
         [--images DIR] [--offset K] [--count N] [--int8 DIR] [--only PATTERN ...]
-        [--markdown FILE] [--json FILE]
+        [--block N] [--markdown FILE] [--json FILE]
 
-For each model, in one process and interleaved image by image (the order of the
-contenders rotates from one image to the next), end to end on decoded images
-(preprocessing, inference, box formation; decoding excluded):
+For each model, in one process and interleaved in blocks of N images (default 5; the order
+of the contenders rotates from one block to the next, and each contender makes one untimed
+call before its block), end to end on decoded images (preprocessing, inference, box
+formation; decoding excluded). Blocks, not single images: right after another runtime's
+call, its threads still spin on the two cores and this one's are parked, which made
+PP-OCRv4's INT8 model 77 ms a frame when alternating with FP32, against 46 ms alone.
 
 - ``rapidocr-ort``, ``rapidocr-ov``: RapidOCR 3.x's ``TextDetector`` with its default
   settings (config.yaml) on its ONNX Runtime and its OpenVINO engine, given the same
@@ -118,7 +121,8 @@ def contenders(model: str, int8: Path | None, only=()) -> dict:
     return made, refused
 
 
-def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup: int = 2, only=()) -> dict:
+def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup: int = 2, only=(),
+              block_size: int = 5) -> dict:
     from edgedb.evaluation import EvalResult, evaluate_image
 
     detectors, refused = contenders(model, int8, only)
@@ -133,14 +137,19 @@ def run_model(model: str, dataset: list, images: list, int8: Path | None, warmup
     names = list(detectors)
     times = {name: [] for name in names}
     results = {name: [] for name in names}
-    for index, ((image_name, _, truth), image) in enumerate(zip(dataset, images)):
-        order = names[index % len(names):] + names[:index % len(names)]
+    for block, first in enumerate(range(0, len(images), block_size)):
+        order = names[block % len(names):] + names[:block % len(names)]
         for name in order:
-            start = time.perf_counter()
-            boxes = detectors[name](image)
-            times[name].append(time.perf_counter() - start)
-            if truth is not None:
-                results[name].append(evaluate_image(boxes, truth, image_name))
+            # One untimed call first: the previous contender's runtime threads may still be
+            # spinning, and this one's be parked; the block then runs as a lone deployment
+            # would, frame after frame.
+            detectors[name](images[first])
+            for (image_name, _, truth), image in zip(dataset[first:first + block_size], images[first:first + block_size]):
+                start = time.perf_counter()
+                boxes = detectors[name](image)
+                times[name].append(time.perf_counter() - start)
+                if truth is not None:
+                    results[name].append(evaluate_image(boxes, truth, image_name))
     rows = {}
     for name in names:
         summary = EvalResult.from_images(results[name]) if results[name] else None
@@ -173,7 +182,7 @@ def markdown(report: dict) -> str:
     first = f"{report['offset'] + 1}..{report['offset'] + report['count']}" if report.get("offset") else f"first {report['count']}"
     lines = [f"Machine: {report['machine']}. Images: {report['images_dir']} ({first}).", ""]
     for entry in report["models"]:
-        lines += [f"**{entry['model']}** ({entry['images']} images, interleaved):", "",
+        lines += [f"**{entry['model']}** ({entry['images']} images, interleaved in blocks of {report.get('block', 1)}):", "",
                   "| contender | median ms | mean ms | hmean | P | R | " + " | ".join(f"x {p}" for p in BASELINES) + " |",
                   "|---|---:|---:|---:|---:|---:|" + "---:|" * len(BASELINES)]
         for name, row in entry["contenders"].items():
@@ -196,6 +205,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", default=(), metavar="PATTERN",
                         help="run only the contenders matching these patterns (e.g. 'edgedb-int8-cpu-*'), "
                              "besides the three the ratios need")
+    parser.add_argument("--block", type=int, default=5,
+                        help="images each contender runs in a row before the next one's turn (default 5; 1: "
+                             "strict alternation, where each contender also pays for the previous one's threads)")
     parser.add_argument("--markdown", type=Path, help="append the tables to this file")
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args(argv)
@@ -207,9 +219,9 @@ def main(argv=None) -> int:
     dataset = list(IcdarDataset(args.images))[args.offset: args.offset + args.count]
     images = [cv2.imread(str(path)) for _, path, _ in dataset]
     report = {"machine": machine_line(), "images_dir": str(args.images), "offset": args.offset, "count": len(images),
-              "models": []}
+              "block": args.block, "models": []}
     for model in args.models:
-        entry = run_model(model, dataset, images, args.int8, only=args.only)
+        entry = run_model(model, dataset, images, args.int8, only=args.only, block_size=max(1, args.block))
         report["models"].append(entry)
         print(markdown({**report, "models": [entry]}), flush=True)
     if args.json:
