@@ -1,6 +1,6 @@
 """Soak: many frames of many sizes through ``EdgeDetector.stream``, memory sampled as it goes.
 
-    python bench/bench_soak.py [--frames 10000] [--threads 1] [--markdown FILE]
+    python bench/bench_soak.py [--frames 10000] [--threads 1] [--backend NAME] [--markdown FILE]
 
 Frames are generated (``edgedb.synthetic.make_text_image``) once per size and reused:
 mostly small and medium (64x64 .. 540x960), some 720x1280 and 960x1280, gray and BGRA
@@ -94,7 +94,7 @@ def schedule(count: int, pool: dict, bad: dict, seed: int = 0) -> list[str]:
     return names
 
 
-def huge_input_check(threads: int) -> list[tuple[str, float, float]]:
+def huge_input_check(threads: int, backend: str = "auto") -> list[tuple[str, float, float]]:
     """(step, RSS MB after it, peak RSS MB so far) with the default detector settings."""
     import cv2
     import numpy as np
@@ -104,7 +104,7 @@ def huge_input_check(threads: int) -> list[tuple[str, float, float]]:
 
     steps = []
     hd = make_text_image(0, size=(720, 1280)).image
-    with EdgeDetector(threads=threads) as detector:
+    with EdgeDetector(backend=backend, threads=threads) as detector:
         for _ in range(3):
             detector.detect(hd)
         steps.append(("720p x3", memory_mb(), memory_mb("VmHWM")))
@@ -125,7 +125,7 @@ def huge_input_check(threads: int) -> list[tuple[str, float, float]]:
     return steps
 
 
-def soak(count: int, threads: int, limit_side_len: int) -> dict:
+def soak(count: int, threads: int, limit_side_len: int, backend: str = "auto") -> dict:
     from edgedb import EdgeDetector, InvalidInputError, InvalidInputTypeError
 
     pool, bad = frame_pool()
@@ -142,7 +142,7 @@ def soak(count: int, threads: int, limit_side_len: int) -> dict:
             fed = index + 1
             yield frames[names[index]]
 
-    with EdgeDetector(threads=threads, limit_type="max", limit_side_len=limit_side_len) as detector:
+    with EdgeDetector(backend=backend, threads=threads, limit_type="max", limit_side_len=limit_side_len) as detector:
         for frame in pool.values():  # every size once before the clock starts
             detector.detect(frame)
         results = errors = 0
@@ -179,7 +179,7 @@ def markdown(args, huge, result) -> str:
     except (OSError, StopIteration):
         pass
     lines = ["## Soak (issue 11)", "",
-             f"`python bench/bench_soak.py --frames {args.frames} --threads {args.threads}` on {cpu}, "
+             f"`python bench/bench_soak.py --frames {args.frames} --threads {args.threads} --backend {args.backend}` on {cpu}, "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, ONNX Runtime {onnxruntime.__version__}.", ""]
     if huge:
         lines += ["Default detector (min 736, max_side_len 4096), one thread:", "",
@@ -207,6 +207,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=10000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backend", default="auto", help="EdgeDetector's backend (default auto)")
     parser.add_argument("--limit-side-len", type=int, default=960)
     parser.add_argument("--allowed-growth", type=float, default=50.0, help="MB over the steady state")
     parser.add_argument("--skip-huge", action="store_true", help="skip the 4096 / 20000 pixel check")
@@ -217,11 +218,11 @@ def main() -> int:
 
     cv2.setNumThreads(args.threads)
 
-    huge = None if args.skip_huge else huge_input_check(args.threads)
+    huge = None if args.skip_huge else huge_input_check(args.threads, args.backend)
     if huge:
         for step, rss, peak in huge:
             print(f"{step:<34} RSS {rss:7.0f} MB   peak {peak:7.0f} MB", flush=True)
-    result = soak(args.frames, args.threads, args.limit_side_len) if args.frames else None
+    result = soak(args.frames, args.threads, args.limit_side_len, args.backend) if args.frames else None
     text = markdown(args, huge, result)
     print(text)
     if args.markdown:

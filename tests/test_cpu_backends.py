@@ -16,7 +16,7 @@ import pytest
 
 from edgedb import EdgeDetector
 from edgedb.backends import create_backend, resolve_backend_name
-from edgedb.backends.onnxrt import ArenaShrinker
+from edgedb.backends.base import OversizedRuns
 from edgedb.errors import EdgeDBError, InvalidInputError, MissingDependencyError, ModelError
 from edgedb.preprocess import prepare_fixed
 from edgedb.synthetic import make_text_image
@@ -226,8 +226,8 @@ def test_openvino_missing_names_the_extra(monkeypatch, fp32):
     assert resolve_backend_name("cpu") == "onnxruntime"
 
 
-def test_arena_shrinks_after_oversized_runs_only():
-    shrinker = ArenaShrinker(window=4, factor=2.0)
+def test_memory_goes_back_after_oversized_runs_only():
+    shrinker = OversizedRuns(window=4, factor=2.0)
     assert shrinker.oversized(100)  # the first run: nothing to compare with
     assert [shrinker.oversized(n) for n in (100, 120, 90, 100)] == [False] * 4
     assert shrinker.oversized(1000)  # an oversized frame gives its memory back

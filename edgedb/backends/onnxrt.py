@@ -11,7 +11,7 @@ from typing import Mapping, Optional, Union
 import numpy as np
 
 from edgedb._checks import thread_count
-from edgedb.backends.base import Backend
+from edgedb.backends.base import Backend, OversizedRuns
 from edgedb.errors import EdgeDBError, InvalidInputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def session_options(threads: Optional[int] = None, *, qdq_transforms: bool = True, arena: bool = False):
     """ONNX Runtime session options. ``arena``: keep the CPU memory arena, for sessions that
-    run many frames (the backend, which shrinks it after oversized ones: ``ArenaShrinker``);
+    run many frames (the backend, which shrinks it after oversized ones: ``OversizedRuns``);
     the one-off sessions of calibration and correction run without it, so their memory
     goes back as soon as a run ends."""
     import onnxruntime as ort
@@ -83,31 +83,6 @@ def ort_run_options(*, shrink_arena: bool = False):
     return options
 
 
-class ArenaShrinker:
-    """Decides after which runs the CPU arena hands its free memory back.
-
-    The arena makes 720p inference faster (144 vs 179 ms on PP-OCRv4, bench/RESULTS.md)
-    but keeps its high-water mark: 2.2 GB for the life of a session after one 4096x4096
-    frame. Shrinking after every run gives that speed away (186 ms), so the arena shrinks
-    only after a run whose input is more than ``factor`` times the median of the last
-    ``window`` runs (and after the first run, which has nothing to compare with): the
-    memory of one oversized frame goes back as soon as it is done, and frames of the usual
-    size keep the memory they reuse.
-    """
-
-    def __init__(self, window: int = 16, factor: float = 2.0):
-        from collections import deque
-
-        self.factor = factor
-        self._sizes: "deque[int]" = deque(maxlen=window)
-
-    def oversized(self, elements: int) -> bool:
-        """Records a run of ``elements`` input values; True when its memory should go back."""
-        usual = sorted(self._sizes)[len(self._sizes) // 2] if self._sizes else 0
-        self._sizes.append(elements)
-        return elements > self.factor * usual
-
-
 class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime CPU session over a model file, serialized bytes or a ModelProto."""
 
@@ -126,7 +101,7 @@ class OnnxRuntimeBackend(Backend):
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
         log.info("onnxruntime session: inputs %s, outputs %s", self.input_names, self.output_names)
-        self._arena = ArenaShrinker()
+        self._arena = OversizedRuns()
         self._shrink = ort_run_options(shrink_arena=True)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
