@@ -68,7 +68,8 @@ _TORCH_DTYPES = {
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 # Where a layer reads its trainable weights: input positions.
-_WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2)}
+_WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2),
+                  "LayerNormalization": (1, 2), "MatMul": (1,), "Gemm": (1, 2), "PRelu": (1,)}
 _AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
 # Ops a weight may pass through (as input 0) on its way to the layer that uses it.
 _WEIGHT_PASSTHROUGH = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Identity")
@@ -706,6 +707,93 @@ def _softmax(n):
     return softmax_2d
 
 
+def _gelu(n):  # opset 20's Gelu; older exports write it out with Erf
+    approximate = n.attr("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise n.error(f"approximate={approximate!r} is not an ONNX Gelu mode")
+    return lambda x: F.gelu(x, approximate=approximate)
+
+
+def _layer_normalization(n):
+    axis, epsilon = n.attr("axis", -1), n.attr("epsilon", 1e-5)
+    if len(n.proto.output) > 1 and any(n.proto.output[1:]):
+        raise n.error("the Mean and InvStdDev outputs (training only) are not supported")
+
+    def layer_normalization(x, scale, bias=None):
+        axes = tuple(range(axis % x.dim(), x.dim()))
+        mean = x.mean(dim=axes, keepdim=True)
+        variance = (x - mean).square().mean(dim=axes, keepdim=True)
+        y = (x - mean) * torch.rsqrt(variance + epsilon) * scale
+        return y if bias is None else y + bias
+
+    return layer_normalization
+
+
+def _gemm(n):
+    alpha, beta = n.attr("alpha", 1.0), n.attr("beta", 1.0)
+    trans_a, trans_b = n.attr("transA", 0), n.attr("transB", 0)
+
+    def gemm(a, b, c=None):
+        y = alpha * ((a.t() if trans_a else a) @ (b.t() if trans_b else b))
+        return y if c is None else y + beta * c
+
+    return gemm
+
+
+def _prelu(n):
+    return lambda x, slope: torch.where(x >= 0, x, x * slope)  # slope broadcasts as in ONNX, not per channel only
+
+
+def _softplus(n):
+    return lambda x: F.softplus(x)
+
+
+def _variadic(fn):
+    """Max, Min, Sum: any number of broadcast inputs."""
+    def build(n):
+        def reduce(*xs):
+            out = xs[0]
+            for x in xs[1:]:
+                out = fn(out, x)
+            return out
+        return reduce
+    return build
+
+
+def _expand(n):
+    fixed = n.static_list(1)
+
+    def expand(x, shape=None):
+        dims = _listed(shape, fixed)
+        return x.expand(torch.broadcast_shapes(x.shape, tuple(dims)))  # ONNX broadcasts both ways
+
+    return expand
+
+
+def _where(n):
+    return lambda condition, a, b: torch.where(condition, a, b)
+
+
+def _reduction(method: str):
+    def build(n):
+        fixed = _axes(n, 1)
+        keep, noop = bool(n.attr("keepdims", 1)), bool(n.attr("noop_with_empty_axes", 0))
+
+        def reduce(x, axes=None):
+            listed = _listed(axes, fixed)
+            if not listed:
+                if noop:
+                    return x
+                listed = list(range(x.dim()))
+            dims = tuple(a % x.dim() for a in listed)
+            if method == "sum":
+                return x.sum(dim=dims, keepdim=keep)
+            return x.amax(dim=dims, keepdim=keep)
+
+        return reduce
+    return build
+
+
 def _reduce_mean(n):
     fixed = _axes(n, 1)
     keep, noop = bool(n.attr("keepdims", 1)), bool(n.attr("noop_with_empty_axes", 0))
@@ -758,6 +846,26 @@ _BUILDERS: dict[str, Callable[[_Node], Callable]] = {
     "Pad": _pad,
     "Softmax": _softmax,
     "ReduceMean": _reduce_mean,
+    "ReduceSum": _reduction("sum"),
+    "ReduceMax": _reduction("max"),
+    # GELU and the norms, matrix products and elementwise ops of newer backbones (PP-OCRv6's
+    # Erf-written GELU first)
+    "Erf": _plain(torch.erf),
+    "Gelu": _gelu,
+    "LayerNormalization": _layer_normalization,
+    "MatMul": _plain(torch.matmul),
+    "Gemm": _gemm,
+    "PRelu": _prelu,
+    "Softplus": _softplus,
+    "Neg": _plain(torch.neg),
+    "Abs": _plain(torch.abs),
+    "Reciprocal": _plain(torch.reciprocal),
+    "Max": _variadic(torch.maximum),
+    "Min": _variadic(torch.minimum),
+    "Sum": _variadic(torch.add),
+    "Expand": _expand,
+    "Where": _where,
+    "Equal": _plain(torch.eq),
 }
 SUPPORTED_OPS = tuple(sorted(set(_BUILDERS) | {"Constant"}))
 
