@@ -602,6 +602,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         raise EdgeDBError("--precision best is for TensorRT (INT8 convolutions, float16 between them); "
                           "leave out --target cpu and --full-range-weights")
     _check_output(args.output, "--output", [resolve_model(args.model)])
+    model, _ = load_deployable(args.model, _model_spec(args, args.model))
+    if args.qat:  # before calibration and bias correction spend minutes
+        from edgedb.train.onnx_torch import check_supported
+
+        check_supported(model)
     skipped = _Skipped("quantize", args.strict)
     images = None
     if args.precision != "fp16":
@@ -609,7 +614,6 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
         images = _readable(calibration_images(args.calib), skipped)
         skipped.check_some_left(len(images), "calibration images")
-    model, _ = load_deployable(args.model, _model_spec(args, args.model))
     if args.precision == "fp16":
         from edgedb.precision import to_float16
 
@@ -1161,6 +1165,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     _check_output(args.output, "--output", [args.base])
     spec = _model_spec(args, args.base)
+    from edgedb.train.model import load_base
+    from edgedb.train.onnx_torch import check_supported
+
+    check_supported(load_base(args.base, spec)[0])  # before any image is read
     skipped = _Skipped("train", args.strict)
     train = _training_samples(args.images, args.gt, skipped)
     val = _training_samples(args.val_images, args.val_gt, skipped) if args.val_images else None

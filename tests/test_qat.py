@@ -318,3 +318,20 @@ def test_learned_scales_are_written_to_both_nodes_of_a_pair(quantized, frame, ta
         assert any(ratio != 1.0 for _, _, ratio in graph.scales)  # scalar Muls folded into pairs
     # The exported model computes what the module does with those scales.
     assert binary_iou([ort_map(exported, frame)], [prob]) > 0.97
+
+
+def test_models_torch_cannot_run_are_refused_before_any_image(calib_dir, tmp_path, capsys):
+    """quantize --qat and train name the missing operators before calibration, bias
+    correction or reading the training images (the folders given do not exist: reading
+    them first would fail with another error)."""
+    from test_graph import tiny_dbnet
+
+    model = tiny_dbnet(opset=12)
+    relu = next(n for n in model.graph.node if n.name == "relu1")
+    relu.op_type = "Celu"  # ONNX Runtime runs it; OnnxModule does not
+    path = tmp_path / "celu.onnx"
+    onnx.save(model, str(path))
+    code = main(["quantize", str(path), "--calib", str(tmp_path / "missing"), "--qat", "-o", str(tmp_path / "q.onnx")])
+    assert code == 2 and "unsupported operators Celu" in capsys.readouterr().err
+    code = main(["train", "--base", str(path), "--images", str(tmp_path / "missing"), "-o", str(tmp_path / "t.onnx")])
+    assert code == 2 and "unsupported operators Celu" in capsys.readouterr().err

@@ -878,6 +878,13 @@ def _op_key(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
 
 
+def check_supported(model: onnx.ModelProto, builders: Optional[Mapping[str, Callable]] = None) -> None:
+    """Raises ModelError naming every operator of ``model`` OnnxModule cannot run: the
+    check ``edgedb train`` and ``edgedb quantize --qat`` make before reading images,
+    calibrating or correcting anything."""
+    _check_supported(model.graph, {**_BUILDERS, **(builders or {})})
+
+
 def _check_supported(graph: onnx.GraphProto, builders: Mapping[str, Callable]) -> None:
     unsupported = sorted({_op_key(n) for n in graph.node if _op_key(n) not in builders and n.op_type != "Constant"})
     if unsupported:
