@@ -335,3 +335,40 @@ def test_models_torch_cannot_run_are_refused_before_any_image(calib_dir, tmp_pat
     assert code == 2 and "unsupported operators Celu" in capsys.readouterr().err
     code = main(["train", "--base", str(path), "--images", str(tmp_path / "missing"), "-o", str(tmp_path / "t.onnx")])
     assert code == 2 and "unsupported operators Celu" in capsys.readouterr().err
+
+
+def test_biases_go_back_on_the_grid_onnx_runtime_fuses():
+    """After QAT moved an activation scale, int32 biases are put back on input scale x
+    weight scale (else ONNX Runtime runs the convolution in float), keeping their values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgedb.train.qat import _regrid_biases
+
+    rng = np.random.default_rng(0)
+    sx, sx_before = np.float32(0.04), np.float32(0.05)  # the trained scale, and the one the bias was made for
+    sw = rng.uniform(0.005, 0.02, 4).astype(np.float32)
+    bias = rng.normal(0, 0.5, 4)
+    inits = {"sx": sx, "zx": np.uint8(128), "w": rng.integers(-100, 100, (4, 3, 3, 3)).astype(np.int8),
+             "sw": sw, "zw": np.zeros(4, np.int8), "b": np.round(bias / (sx_before * sw)).astype(np.int32),
+             "sb": (sx_before * sw).astype(np.float32), "zb": np.zeros(4, np.int32)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=0),
+             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "qconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before = run(model)
+    assert _regrid_biases(model) == 1
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_allclose(values["sb"], sx * sw, rtol=1e-6)
+    np.testing.assert_allclose(values["b"] * values["sb"], bias, atol=float((sx * sw).max()))
+    np.testing.assert_allclose(run(model), before, atol=float((sx * sw).max()))
+    assert _regrid_biases(model) == 0  # on the grid already

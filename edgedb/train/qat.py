@@ -112,7 +112,8 @@ def fake_quant_graph(quantized) -> FakeQuantGraph:
 
     Raises:
         ModelError: the model has no Q/DQ nodes, a QuantizeLinear read by anything but
-            DequantizeLinear nodes, or not exactly one Sigmoid.
+            DequantizeLinear nodes, or not exactly one Sigmoid computing the map (the
+            only Sigmoid, or the only one that writes a graph output).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -129,8 +130,11 @@ def fake_quant_graph(quantized) -> FakeQuantGraph:
     if not any(n.op_type == "DequantizeLinear" for n in graph.node):
         raise ModelError("the model has no DequantizeLinear nodes: give the INT8 (Q/DQ) model edgedb quantize wrote")
     sigmoids = [n for n in graph.node if n.op_type == "Sigmoid"]
+    if len(sigmoids) > 1:  # GELU as x·sigmoid(1.702x) (the CPU target) adds some: the map's is an output
+        outputs = {o.name for o in graph.output}
+        sigmoids = [n for n in sigmoids if n.output[0] in outputs]
     if len(sigmoids) != 1:
-        raise ModelError(f"expected one Sigmoid (the probability map), found {len(sigmoids)}")
+        raise ModelError(f"expected one Sigmoid that computes the probability map, found {len(sigmoids)}")
 
     nodes, latents, new_initializers, scales = [], {}, [], []
     for node in graph.node:
@@ -306,8 +310,62 @@ def export_qdq(module, graph: FakeQuantGraph, quantized):
         units = value if latent.integer_units else value.astype(np.float64) / latent.scale
         integers = np.clip(np.round(units), latent.qmin, latent.qmax).astype(latent.dtype)
         initializers[latent.target].CopyFrom(numpy_helper.from_array(integers, latent.target))
+    _regrid_biases(exported)
     append_to_precision(exported, QAT_SUFFIX)
     return exported
+
+
+def _regrid_biases(model) -> int:
+    """Puts every int32 convolution bias back on the grid input scale x weight scale.
+
+    The activation scales train, and the biases train on the grid of the post-training
+    scales. Off that grid, ONNX Runtime no longer fuses the convolution into QLinearConv
+    and runs it in float: 28 of PP-OCRv6 small det's 85, 162 against 96 ms a frame. Each
+    bias keeps its trained value, rounded to the new grid (half a step at most). Returns
+    how many biases moved.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+
+    def dequantized(name):
+        node = producers.get(name)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    moved = 0
+    for conv in graph.node:
+        if conv.op_type not in ("Conv", "ConvTranspose") or len(conv.input) < 3 or not conv.input[2]:
+            continue
+        x, w, b = (dequantized(conv.input[i]) for i in range(3))
+        if x is None or w is None or b is None or b.input[0] not in initializers or b.input[1] not in initializers:
+            continue
+        codes = numpy_helper.to_array(initializers[b.input[0]])
+        if codes.dtype != np.int32 or x.input[1] not in initializers or w.input[1] not in initializers:
+            continue
+        old = numpy_helper.to_array(initializers[b.input[1]]).astype(np.float64)
+        grid = (numpy_helper.to_array(initializers[x.input[1]]).astype(np.float64).reshape(())
+                * numpy_helper.to_array(initializers[w.input[1]]).astype(np.float64))
+        grid = np.broadcast_to(grid, old.shape) if grid.shape != old.shape and grid.size == 1 else grid
+        if grid.shape != old.shape or np.allclose(grid, old, rtol=1e-6, atol=0):
+            continue
+        values = codes.astype(np.float64) * old  # int32 biases have zero point 0
+        new_codes = np.clip(np.round(values / grid), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+        scale_name = b.input[1]
+        if readers.get(scale_name, 0) > 1:  # a shared scale tensor: this bias gets its own
+            scale_name = f"{b.input[1]}/{conv.name}_regrid"
+            graph.initializer.append(numpy_helper.from_array(grid.astype(np.float32), scale_name))
+            b.input[1] = scale_name
+        else:
+            initializers[scale_name].CopyFrom(numpy_helper.from_array(grid.astype(np.float32), scale_name))
+        initializers[b.input[0]].CopyFrom(numpy_helper.from_array(new_codes, b.input[0]))
+        moved += 1
+    return moved
 
 
 # --- the loss ---------------------------------------------------------------------------
