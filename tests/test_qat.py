@@ -316,8 +316,11 @@ def test_learned_scales_are_written_to_both_nodes_of_a_pair(quantized, frame, ta
         assert after[q_scale].shape == before[q_scale].shape
     if target == "cpu":
         assert any(ratio != 1.0 for _, _, ratio in graph.scales)  # scalar Muls folded into pairs
-    # The exported model computes what the module does with those scales.
-    assert binary_iou([ort_map(exported, frame)], [prob]) > 0.97
+    # The exported model computes what the module does with those scales, up to the
+    # rounding of ONNX Runtime's integer kernels (QLinearConv requantizes its output; the
+    # biases are back on the grid those kernels need), which fake quantization models
+    # only approximately.
+    assert binary_iou([ort_map(exported, frame)], [prob]) > 0.95
 
 
 def test_models_torch_cannot_run_are_refused_before_any_image(calib_dir, tmp_path, capsys):
