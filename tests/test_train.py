@@ -167,3 +167,24 @@ def test_cli(tmp_path, capsys):
     assert main(["train", "--images", str(tmp_path / "missing"), "-o", str(out)]) == 2
     assert main(["train", "--images", str(tmp_path / "data"), "-o", str(tmp_path / "no" / "x.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_head_features_see_through_biases_computed_from_constants():
+    """PP-OCRv3 det adds its head's ConvTranspose bias through a Reshape of a Constant: that
+    Add still has one variable input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w"),
+             numpy_helper.from_array(np.ones((4, 1, 2, 2), np.float32), "wt"),
+             numpy_helper.from_array(np.array([1, 1, 1, 1], np.int64), "shape")]
+    nodes = [helper.make_node("Concat", ["a", "b"], ["fpn"], axis=1),
+             helper.make_node("Conv", ["fpn", "w"], ["c"]),
+             helper.make_node("ConvTranspose", ["c", "wt"], ["u"], strides=[2, 2]),
+             helper.make_node("Constant", [], ["bias_flat"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
+             helper.make_node("Reshape", ["bias_flat", "shape"], ["bias"]),
+             helper.make_node("Add", ["u", "bias"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["prob"])]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 8, 8])
+                                              for n in ("a", "b")],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)], inits)
+    assert head_features(helper.make_model(graph), "prob") == "fpn"

@@ -54,6 +54,9 @@ def head_features(model, prob_output: str) -> str:
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     constants = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    for node in graph.node:  # what is computed from constants alone (PP-OCRv3 reshapes its head's biases)
+        if node.input and all(not i or i in constants for i in node.input):
+            constants.update(node.output)
     name = prob_output
     seen_conv = False
     while name in producers:
