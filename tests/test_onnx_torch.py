@@ -327,6 +327,19 @@ def test_clip_bounds_are_attributes_before_opset_11_and_inputs_after():
     _check([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], {"x": (2, 3, 4), "lo": (), "hi": ()})
 
 
+def test_decomposed_gelu_is_fused_and_exact():
+    """PP-OCRv6 small det's x * (1 + Erf(x / sqrt 2)) * 0.5 runs as one F.gelu."""
+    nodes = [helper.make_node("Div", ["x", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["y"])]
+    scalars = {"r2": np.array(2 ** 0.5, np.float32), "one": np.array(1, np.float32), "half": np.array(0.5, np.float32)}
+    _check(nodes, {"x": (2, 3, 8, 8)}, scalars, opset=13)
+    module = OnnxModule(_model(nodes, {"x": (2, 3, 8, 8)}, scalars, opset=13))
+    assert [step.fn for step in module._steps] == [torch.nn.functional.gelu]
+    with pytest.raises(InvalidInputError, match="no tensor 'e'"):  # the Erf is gone
+        module(torch.zeros(1, 1, 2, 2), outputs=["e"])
+
+
 def test_decomposed_hard_swish_is_fused_and_exact():
     nodes = [helper.make_node("Add", ["x", "three"], ["a"]), helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
              helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Div", ["m", "six"], ["y"])]

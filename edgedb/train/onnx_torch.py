@@ -25,7 +25,8 @@ statistics, shapes, Resize scales, Clip bounds) is a constant; computations on c
 alone are folded once at construction.
 
 For training speed on small CPUs, a hard-swish written out as x * Clip(x + 3, 0, 6) / 6
-runs as one ``F.hardswish``, and clamps with fixed bounds run as ``F.hardtanh``, whose
+runs as one ``F.hardswish``, a GELU written out as x * (1 + Erf(x / sqrt 2)) * 0.5 as one
+``F.gelu``, and clamps with fixed bounds run as ``F.hardtanh``, whose
 backward is a single kernel; both compute what ONNX Runtime does to float32 rounding.
 """
 
@@ -974,6 +975,49 @@ def _hard_swish_chains(graph: onnx.GraphProto, opset: int, constants: Mapping) -
     return fused, replaced
 
 
+def _gelu_chains(graph: onnx.GraphProto, constants: Mapping) -> tuple[dict, set]:
+    """GELUs written out as x * (1 + Erf(x / sqrt 2)) * 0.5 (PP-OCRv6 small det has 13):
+    {position of the last Mul: x} and the positions of the Div, Erf, Add and Mul it
+    replaces. One F.gelu is one kernel forward and back instead of five."""
+    nodes = list(graph.node)
+    readers: dict = {}
+    for position, node in enumerate(nodes):
+        for name in node.input:
+            readers.setdefault(name, []).append(position)
+    outputs = {o.name for o in graph.output}
+
+    def only_reader(name: str) -> tuple:
+        positions = readers.get(name, [])
+        return (positions[0], nodes[positions[0]]) if len(positions) == 1 and name not in outputs else (None, None)
+
+    def other(node, name):
+        return node.input[1] if node.input[0] == name else node.input[0]
+
+    fused, replaced = {}, set()
+    for position, div in enumerate(nodes):
+        if div.op_type != "Div" or len(div.input) != 2:
+            continue
+        root2 = _scalar(constants, div.input[1])
+        if root2 is None or abs(root2 - math.sqrt(2)) > 1e-4:
+            continue
+        x = div.input[0]
+        erf_at, erf = only_reader(div.output[0])
+        if erf is None or erf.op_type != "Erf":
+            continue
+        add_at, add = only_reader(erf.output[0])
+        if add is None or add.op_type != "Add" or _scalar(constants, other(add, erf.output[0])) != 1.0:
+            continue
+        mul_at, mul = only_reader(add.output[0])
+        if mul is None or mul.op_type != "Mul" or other(mul, add.output[0]) != x:
+            continue
+        half_at, half = only_reader(mul.output[0])
+        if half is None or half.op_type != "Mul" or _scalar(constants, other(half, mul.output[0])) != 0.5:
+            continue
+        fused[half_at] = x
+        replaced.update((position, erf_at, add_at, mul_at))
+    return fused, replaced
+
+
 class _Step:
     """One node to run: fn(*inputs) -> output, then forget the tensors in ``free``."""
 
@@ -986,15 +1030,18 @@ class _Step:
 def _compile(graph: onnx.GraphProto, opset: int, inputs: Sequence[str], constants: dict, shapes: Mapping,
              weights: set, builders: Mapping[str, Callable]) -> list:
     """The steps that remain to run on each call. Nodes reading only fixed constants are
-    evaluated now, their outputs added to ``constants``; hard-swish chains become one step."""
+    evaluated now, their outputs added to ``constants``; hard-swish and GELU chains become one step."""
     available = set(inputs) | set(constants) | weights
     hard_swishes, replaced = _hard_swish_chains(graph, opset, constants)
+    gelus, gelu_parts = _gelu_chains(graph, constants)
+    fused = {**{p: (F.hardswish, x) for p, x in hard_swishes.items()}, **{p: (F.gelu, x) for p, x in gelus.items()}}
+    replaced = replaced | gelu_parts
     steps = []
     with torch.no_grad():
         for position, node in enumerate(graph.node):
             if node.op_type == "Constant" or position in replaced:
                 continue
-            reads = [hard_swishes[position]] if position in hard_swishes else node.input
+            reads = [fused[position][1]] if position in fused else node.input
             missing = [i for i in reads if i and i not in available]
             if missing:
                 raise ModelError(f"{node.op_type} node {node.name!r} reads {missing}, which no earlier node "
@@ -1004,8 +1051,9 @@ def _compile(graph: onnx.GraphProto, opset: int, inputs: Sequence[str], constant
                 raise ModelError(f"{node.op_type} node {node.name!r}: only the first output is supported, "
                                  f"but the graph names {extra}")
             available.add(node.output[0])
-            if position in hard_swishes:
-                steps.append(_Step(F.hardswish, (hard_swishes[position],), node.output[0]))
+            if position in fused:
+                fn, x = fused[position]
+                steps.append(_Step(fn, (x,), node.output[0]))
                 continue
             fn = builders[_op_key(node)](_Node(node, opset, constants, shapes))
             if all(i in constants for i in node.input if i):  # constant folding
@@ -1105,7 +1153,7 @@ class OnnxModule(nn.Module):
         """Runs the graph on ``x`` (a float32 NCHW tensor, or a dict of tensors by input
         name) and returns {name: tensor} for the graph's outputs plus each name in
         ``outputs``, an intermediate tensor of the graph (for example the features a head
-        reads). Tensors inside a fused hard-swish (x + 3, its Clip, the product) and
+        reads). Tensors inside a fused hard-swish (x + 3, its Clip, the product) or GELU and
         tensors computed from constants alone are not available.
 
         Raises:
