@@ -745,10 +745,6 @@ def _prelu(n):
     return lambda x, slope: torch.where(x >= 0, x, x * slope)  # slope broadcasts as in ONNX, not per channel only
 
 
-def _softplus(n):
-    return lambda x: F.softplus(x)
-
-
 def _variadic(fn):
     """Max, Min, Sum: any number of broadcast inputs."""
     def build(n):
@@ -771,11 +767,9 @@ def _expand(n):
     return expand
 
 
-def _where(n):
-    return lambda condition, a, b: torch.where(condition, a, b)
-
-
-def _reduction(method: str):
+def _reduction(fn: Callable):
+    """ReduceMean, ReduceSum, ReduceMax: ``fn`` (torch.mean, torch.sum, torch.amax) over the
+    axes given as an attribute or a constant input, all of them when none are given."""
     def build(n):
         fixed = _axes(n, 1)
         keep, noop = bool(n.attr("keepdims", 1)), bool(n.attr("noop_with_empty_axes", 0))
@@ -786,28 +780,10 @@ def _reduction(method: str):
                 if noop:
                     return x
                 listed = list(range(x.dim()))
-            dims = tuple(a % x.dim() for a in listed)
-            if method == "sum":
-                return x.sum(dim=dims, keepdim=keep)
-            return x.amax(dim=dims, keepdim=keep)
+            return fn(x, dim=tuple(a % x.dim() for a in listed), keepdim=keep)
 
         return reduce
     return build
-
-
-def _reduce_mean(n):
-    fixed = _axes(n, 1)
-    keep, noop = bool(n.attr("keepdims", 1)), bool(n.attr("noop_with_empty_axes", 0))
-
-    def reduce_mean(x, axes=None):
-        listed = _listed(axes, fixed)
-        if not listed:
-            if noop:
-                return x
-            listed = list(range(x.dim()))
-        return x.mean(dim=tuple(listed), keepdim=keep)
-
-    return reduce_mean
 
 
 _BUILDERS: dict[str, Callable[[_Node], Callable]] = {
@@ -846,9 +822,9 @@ _BUILDERS: dict[str, Callable[[_Node], Callable]] = {
     "Slice": _slice,
     "Pad": _pad,
     "Softmax": _softmax,
-    "ReduceMean": _reduce_mean,
-    "ReduceSum": _reduction("sum"),
-    "ReduceMax": _reduction("max"),
+    "ReduceMean": _reduction(torch.mean),
+    "ReduceSum": _reduction(torch.sum),
+    "ReduceMax": _reduction(torch.amax),
     # GELU and the norms, matrix products and elementwise ops of newer backbones (PP-OCRv6's
     # Erf-written GELU first)
     "Erf": _plain(torch.erf),
@@ -857,7 +833,7 @@ _BUILDERS: dict[str, Callable[[_Node], Callable]] = {
     "MatMul": _plain(torch.matmul),
     "Gemm": _gemm,
     "PRelu": _prelu,
-    "Softplus": _softplus,
+    "Softplus": _plain(F.softplus),
     "Neg": _plain(torch.neg),
     "Abs": _plain(torch.abs),
     "Reciprocal": _plain(torch.reciprocal),
@@ -865,7 +841,7 @@ _BUILDERS: dict[str, Callable[[_Node], Callable]] = {
     "Min": _variadic(torch.minimum),
     "Sum": _variadic(torch.add),
     "Expand": _expand,
-    "Where": _where,
+    "Where": _plain(torch.where),
     "Equal": _plain(torch.eq),
 }
 SUPPORTED_OPS = tuple(sorted(set(_BUILDERS) | {"Constant"}))
@@ -927,12 +903,9 @@ def _scalar(constants: Mapping, name: str) -> Optional[float]:
     return float(value.reshape(-1)[0])
 
 
-def _hard_swish_chains(graph: onnx.GraphProto, opset: int, constants: Mapping) -> tuple[dict, set]:
-    """Hard-swishes written out as x * Clip(x + 3, 0, 6) / 6 (paddle2onnx does so below opset
-    14; PP-OCRv3 and v4 have 20 and 24): {position of the Div: x} and the positions of the
-    Add, Clip and Mul it replaces. One F.hardswish trains about ten times faster than the
-    four ops. Chains whose inner tensors anything else reads, or that are graph outputs,
-    are left alone."""
+def _sole_readers(graph: onnx.GraphProto) -> Callable[[str], tuple]:
+    """name -> (position, node) of the one node reading tensor ``name``, or (None, None)
+    when several do, none does, or it is a graph output (a fused chain must hide it)."""
     nodes = list(graph.node)
     readers: dict = {}
     for position, node in enumerate(nodes):
@@ -943,6 +916,18 @@ def _hard_swish_chains(graph: onnx.GraphProto, opset: int, constants: Mapping) -
     def only_reader(name: str) -> tuple:
         positions = readers.get(name, [])
         return (positions[0], nodes[positions[0]]) if len(positions) == 1 and name not in outputs else (None, None)
+
+    return only_reader
+
+
+def _hard_swish_chains(graph: onnx.GraphProto, opset: int, constants: Mapping) -> tuple[dict, set]:
+    """Hard-swishes written out as x * Clip(x + 3, 0, 6) / 6 (paddle2onnx does so below opset
+    14; PP-OCRv3 and v4 have 20 and 24): {position of the Div: x} and the positions of the
+    Add, Clip and Mul it replaces. One F.hardswish trains about ten times faster than the
+    four ops. Chains whose inner tensors anything else reads, or that are graph outputs,
+    are left alone."""
+    nodes = list(graph.node)
+    only_reader = _sole_readers(graph)
 
     fused, replaced = {}, set()
     for position, add in enumerate(nodes):
@@ -980,15 +965,7 @@ def _gelu_chains(graph: onnx.GraphProto, constants: Mapping) -> tuple[dict, set]
     {position of the last Mul: x} and the positions of the Div, Erf, Add and Mul it
     replaces. One F.gelu is one kernel forward and back instead of five."""
     nodes = list(graph.node)
-    readers: dict = {}
-    for position, node in enumerate(nodes):
-        for name in node.input:
-            readers.setdefault(name, []).append(position)
-    outputs = {o.name for o in graph.output}
-
-    def only_reader(name: str) -> tuple:
-        positions = readers.get(name, [])
-        return (positions[0], nodes[positions[0]]) if len(positions) == 1 and name not in outputs else (None, None)
+    only_reader = _sole_readers(graph)
 
     def other(node, name):
         return node.input[1] if node.input[0] == name else node.input[0]
