@@ -43,7 +43,7 @@ def main() -> int:
     from edgedb.detector import load_deployable
     from edgedb.evaluation import IcdarDataset
     from edgedb.precision.calibration import calibration_images, collect_stats
-    from edgedb.precision.compare import compare_precisions, format_reports
+    from edgedb.compare import compare_precisions, format_reports
     from edgedb.precision.int8 import quantize_int8, sensitive_layers
 
     icdar = list(IcdarDataset(args.data / "icdar2015-dev" / "images"))

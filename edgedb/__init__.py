@@ -6,6 +6,7 @@ TensorRT backend (the ``tensorrt`` extra: ``pip install 'dbnet-edge[tensorrt]'``
 (``edgedb`` on PyPI is the EdgeDB database client); the import package is ``edgedb``.
 """
 
+from edgedb._version import __version__
 from edgedb.boxes import TextBox, boxes_from_prob
 from edgedb.detector import EdgeDetector
 from edgedb.errors import (
@@ -17,8 +18,6 @@ from edgedb.errors import (
     ModelError,
 )
 from edgedb.spec import ModelSpec
-
-__version__ = "0.1.0"
 
 __all__ = [
     "EdgeDBError",

@@ -16,10 +16,16 @@ import numpy as np
 
 from edgedb import _native
 from edgedb._checks import as_integer
-from edgedb.errors import InvalidInputError, InvalidInputTypeError
+from edgedb.errors import InvalidInputError, InvalidInputTypeError, ModelError
 
 SCORE_MODES = ("fast", "slow")
 BOX_TYPES = ("quad", "poly")
+# Box formation as EdgeDetector does it unless told otherwise, measured on ICDAR 2015
+# (bench/RESULTS.md, "Detector defaults").
+DEFAULT_BOXES = dict(
+    thresh=0.3, box_thresh=0.6, unclip_ratio=1.5, max_candidates=1000, min_size=3,
+    score_mode="fast", box_type="quad", use_dilation=False,
+)
 
 
 class TextBox:
@@ -165,3 +171,13 @@ def boxes_from_prob(
     else:
         pieces = np.split(points, np.cumsum(counts)[:-1]) if len(counts) else []
     return [TextBox(piece, score) for piece, score in zip(pieces, scores.tolist())]
+
+
+def image_boxes(prob: np.ndarray, prepared, **box_options) -> list[TextBox]:
+    """The boxes of a frame's probability map, in the pixels of the image ``prepared`` (an
+    ``edgedb.preprocess.PreparedFrame``) was made from: the padding cut off, the scale
+    undone; ``box_options`` go to ``boxes_from_prob``."""
+    ch, cw = prepared.content
+    if prob.shape != prepared.frame.shape[:2]:
+        raise ModelError(f"the probability map is {prob.shape}, the input was {prepared.frame.shape[:2]}")
+    return boxes_from_prob(prob[:ch, :cw], dest_size=prepared.original, **box_options)

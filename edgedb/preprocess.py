@@ -25,6 +25,10 @@ from edgedb.errors import InvalidInputError, InvalidInputTypeError
 from edgedb.memory import check_inference_memory
 
 LIMIT_TYPES = ("min", "max")
+# The resize EdgeDetector uses unless told otherwise, measured on ICDAR 2015
+# (bench/RESULTS.md, "Detector defaults").
+DEFAULT_LIMIT_SIDE_LEN = 736
+DEFAULT_LIMIT_TYPE = "min"
 # Files taken as images when a folder is given (the detect CLI, calibration sets).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 

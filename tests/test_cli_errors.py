@@ -197,12 +197,12 @@ def test_box_flags_show_their_defaults(capsys):
 
 @pytest.mark.parametrize("error", [MemoryError(), PermissionError(13, "Permission denied", "/root/out.json")])
 def test_memory_and_os_errors_are_one_line(monkeypatch, capsys, error):
-    import edgedb.cli
+    import edgedb.cli.rewrite
 
     def fail(args):
         raise error
 
-    monkeypatch.setattr(edgedb.cli, "_cmd_rewrite", fail)
+    monkeypatch.setattr(edgedb.cli.rewrite, "_cmd_rewrite", fail)
     assert main(["rewrite", "ppocrv4-det", "out.onnx"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("edgedb rewrite: error: ") and len(err.strip().splitlines()) == 1

@@ -87,7 +87,7 @@ def test_contexts_pushed_from_several_threads(gpu, images, cpu_boxes):
 
 def test_mapped_host_memory_is_device_memory(gpu):
     _, cuda = gpu
-    from edgedb.backends.cuda import CudaDevice
+    from edgedb.engine.gpu import CudaDevice
     from edgedb.backends.tensorrt import _PinnedAllocation
 
     with CudaDevice(0) as device, device.activate():

@@ -118,7 +118,7 @@ def test_nothing_of_a_detector_survives_close(monkeypatch, images, path):
 # 3 ------------------------------------------------------------------------------------------
 def test_primary_context_is_retained_once_and_never_left_current(monkeypatch, images):
     _, cuda = install(monkeypatch)
-    from edgedb.backends.cuda import CudaDevice
+    from edgedb.engine.gpu import CudaDevice
 
     with EdgeDetector(backend="tensorrt", **SMALL) as detector:
         for _ in range(2):  # short-lived handles (cached_build makes one) reset nothing

@@ -19,7 +19,7 @@ from edgedb.precision.calibration import (
     collect_stats,
     split_by_size,
 )
-from edgedb.precision.compare import compare_precisions
+from edgedb.compare import compare_precisions
 from edgedb.precision.cpu_graph import decompose_activations
 from edgedb.synthetic import make_text_image
 

@@ -144,7 +144,7 @@ def test_binary_iou():
 
 
 def test_box_agreement():
-    from edgedb.precision.compare import box_agreement
+    from edgedb.precision.agreement import box_agreement
 
     reference = np.zeros((96, 160), np.float32)
     reference[20:32, 10:70] = 0.9  # two words
@@ -214,7 +214,7 @@ def test_start_choice_by_labels_then_agreement():
 
 
 def test_label_hmean_in_the_images_pixels():
-    from edgedb.precision.compare import label_hmean
+    from edgedb.precision.agreement import label_hmean
     from edgedb.preprocess import PreparedFrame
 
     prob = np.zeros((64, 96), np.float32)

@@ -15,7 +15,7 @@ adds what a GPU needs:
   space, no copies at all;
 - CUDA events time each call's copies and compute (``InferenceTimes``);
 - results copied into arrays the caller owns: the next call never overwrites them;
-- the primary CUDA context pushed around every call (``edgedb.backends.cuda``), so any
+- the primary CUDA context pushed around every call (``edgedb.engine.gpu``), so any
   thread may call, and two backends in one process do not disturb each other.
 
 tensorrt and pycuda are imported lazily, so nothing else in edgedb needs them.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -33,69 +32,12 @@ from typing import Mapping, Optional, Union
 import numpy as np
 
 from edgedb.backends.base import Backend
-from edgedb.errors import EdgeDBError, EngineError, InvalidInputError, MissingDependencyError
+from edgedb.engine.gpu import EXTRA, import_pycuda_driver, import_tensorrt, tensorrt_available, tensorrt_logger  # noqa: F401  (re-exported)
+from edgedb.errors import EdgeDBError, EngineError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
-EXTRA = ("pip install 'dbnet-edge[tensorrt]', or pip install -e '.[tensorrt]' in a checkout (TensorRT 10.x or 11.x and pycuda; on a Jetson "
-         "TensorRT comes with JetPack: see the README's Jetson section)")
 SLOTS = 2  # frames in flight in submit(): one computing, one being copied
-
-
-def import_tensorrt():
-    """Returns the tensorrt module, or raises MissingDependencyError naming the extra."""
-    try:
-        import tensorrt
-    except ImportError as error:
-        raise MissingDependencyError(f"the TensorRT backend needs tensorrt, which is not installed: {EXTRA}") from error
-    return tensorrt
-
-
-def import_pycuda_driver():
-    """Returns pycuda.driver (initialized, no global context), or raises MissingDependencyError."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as error:
-        raise MissingDependencyError(f"the TensorRT backend needs pycuda, which is not installed: {EXTRA}") from error
-    cuda.init()
-    return cuda
-
-
-# tensorrt module -> the one Logger every Builder and Runtime of the process gets.
-_LOGGERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_LOGGER_LOCK = threading.Lock()
-
-
-def tensorrt_logger(trt, verbose: bool = False):
-    """The process's one ``trt.Logger``, kept alive for the process.
-
-    TensorRT "maintains only a single logger pointer at any given time": a Builder or
-    Runtime made with another logger while one exists logs through the first (its
-    warning, NVIDIA/TensorRT#1475), while pybind ties each Logger's life to the one
-    object made with it (``py::keep_alive<1, 2>`` on ``Builder``/``Runtime``,
-    ``python/src/infer/pyCore.cpp`` v10.3.0 l.1509, l.1538). A logger per object could so
-    be freed while TensorRT still logs through it. ``verbose`` lowers the threshold to INFO
-    for the rest of the process (it never rises again: an earlier verbose user keeps its
-    messages).
-    """
-    with _LOGGER_LOCK:
-        logger = _LOGGERS.get(trt)
-        if logger is None:
-            logger = _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
-        if verbose:
-            logger.min_severity = trt.Logger.INFO
-        return logger
-
-
-def tensorrt_available() -> bool:
-    """True when a supported tensorrt (10.x or 11.x) and pycuda import and a CUDA device is present."""
-    from edgedb.engine.compat import check_supported
-
-    try:
-        check_supported(import_tensorrt())
-        return import_pycuda_driver().Device.count() > 0
-    except Exception:  # any failure means: not usable here
-        return False
 
 
 @dataclass(frozen=True)
@@ -225,8 +167,8 @@ class TensorRTBackend(Backend):
     pipelined = True  # submit() overlaps frames; EdgeDetector.stream uses it
 
     def __init__(self, engine_path: Union[str, Path], *, device: int = 0, verbose: bool = False):
-        from edgedb import __version__
-        from edgedb.backends.cuda import CudaDevice
+        from edgedb._version import __version__
+        from edgedb.engine.gpu import CudaDevice
         from edgedb.engine import compat
         from edgedb.engine.sidecar import check_compatible, read_sidecar
 

@@ -155,9 +155,8 @@ def _frames(images: Union[str, Path, Sequence[np.ndarray], None]) -> list[np.nda
 def check_streams_memory(frames: Sequence[np.ndarray], streams: int, batch: int, options: dict) -> None:
     """Refuses, before any detector is made, ``streams`` detectors whose queries at once
     (``batch`` of the largest frame each) would not fit the memory budget (edgedb.memory)."""
-    from edgedb.detector import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
     from edgedb.memory import check_inference_memory
-    from edgedb.preprocess import check_fixed_size, padded_to, resized_shape
+    from edgedb.preprocess import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE, check_fixed_size, padded_to, resized_shape
 
     if options.get("input_size") is not None:
         height, width = check_fixed_size(options["input_size"], 1)

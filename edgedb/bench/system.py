@@ -69,7 +69,7 @@ def gpu_info() -> dict:
     except ImportError:
         return info
     try:
-        from edgedb.backends.tensorrt import import_pycuda_driver
+        from edgedb.engine.gpu import import_pycuda_driver
 
         cuda = import_pycuda_driver()
         info["cuda_driver"] = cuda.get_driver_version()

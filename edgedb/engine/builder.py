@@ -142,9 +142,9 @@ def build_engine(
         EngineError: TensorRT cannot parse the model or build it (its messages included).
         InvalidInputError: options that do not fit (DLA with dynamic shapes or FP32, ...).
     """
-    from edgedb import __version__
-    from edgedb.backends.cuda import CudaDevice
-    from edgedb.backends.tensorrt import import_tensorrt, tensorrt_logger
+    from edgedb._version import __version__
+    from edgedb.engine.gpu import CudaDevice
+    from edgedb.engine.gpu import import_tensorrt, tensorrt_logger
     from edgedb.engine.precision import model_precision
     from edgedb.engine.progress import BuildProgress, progress_monitor
     from edgedb.engine.dla import pin_float32_islands
@@ -259,10 +259,9 @@ def build_from_model(
     ``choose_profile``); int8 and best calibrate on ``calib`` first. TensorRT is imported
     first, so a missing extra is reported before any CPU work.
     """
-    from edgedb.backends.tensorrt import import_pycuda_driver, import_tensorrt
-    from edgedb.detector import load_deployable
+    from edgedb.engine.gpu import import_pycuda_driver, import_tensorrt
     from edgedb.engine.precision import model_precision, precision_model
-    from edgedb.models import resolve_model
+    from edgedb.models import load_deployable, resolve_model
 
     import_tensorrt()
     import_pycuda_driver()
@@ -299,9 +298,9 @@ def cached_build(
 ) -> Path:
     """The engine of ``model`` for this GPU from the user's cache folder, built there first
     if missing or stale (``edgedb.engine.cache``). ``deployable`` is the model rewritten."""
-    from edgedb import __version__
-    from edgedb.backends.cuda import CudaDevice
-    from edgedb.backends.tensorrt import import_pycuda_driver, import_tensorrt
+    from edgedb._version import __version__
+    from edgedb.engine.gpu import CudaDevice
+    from edgedb.engine.gpu import import_pycuda_driver, import_tensorrt
     from edgedb.engine.cache import cached_engine_path, calibration_identity, engine_cache_key, usable_cached_engine
     from edgedb.engine.precision import model_precision, precision_model
     from edgedb.graph.rewrite import REWRITE_REVISION

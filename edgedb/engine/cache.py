@@ -60,7 +60,7 @@ def cached_engine_path(cache_dir: Path, stem: str, precision: str, key: str) -> 
 
 def usable_cached_engine(path: Path, device: DeviceInfo) -> bool:
     """Whether a cached engine exists and its sidecar vouches for it on ``device``."""
-    from edgedb import __version__
+    from edgedb._version import __version__
     from edgedb.engine.sidecar import check_compatible, read_sidecar
 
     if not path.is_file():

@@ -14,7 +14,7 @@ from typing import Optional, Union
 import onnx
 import onnx_graphsurgeon as gs
 
-from edgedb import __version__
+from edgedb._version import __version__
 from edgedb._checks import path_text
 from edgedb._files import save_onnx
 from edgedb.errors import ModelError

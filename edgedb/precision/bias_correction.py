@@ -269,7 +269,7 @@ def correct_biases(
     import onnxruntime as ort
     from tqdm import tqdm
 
-    from edgedb.backends.onnxrt import fuses_qdq, session_options
+    from edgedb.sessions import fuses_qdq, session_options
     from edgedb.precision.calibration import ACTIVATION_BUDGET, _ExposedActivations, prepared_frames
     from edgedb.spec import PRECISION_KEY, append_to_precision, spec_from_metadata
 

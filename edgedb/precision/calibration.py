@@ -253,7 +253,7 @@ class _ExposedActivations:
     def _session(self, group: list[str]):
         import onnxruntime as ort
 
-        from edgedb.backends.onnxrt import session_options
+        from edgedb.sessions import session_options
 
         key = tuple(group)
         if key not in self._sessions:

@@ -6,9 +6,11 @@ the best validation hmean, and gives back an ONNX with the base model's interfac
 ``edgedb rewrite``, ``quantize``, ``build`` and ``EdgeDetector`` take unchanged.
 
 Modules: ``labels`` (shrink and threshold maps), ``data`` (samples, augmentation,
-batches), ``onnx_torch`` (the export's graph as a torch module), ``model`` (plus a
-threshold head), ``loss`` (the DB loss), ``trainer`` (the loop). Importing this package
-does not import torch.
+batches), ``onnx_torch`` (the export's graph as a torch module; its operators in
+``onnx_ops``, the chains it runs as one torch function in ``onnx_fusions``, the trained
+weights written back in ``onnx_export``), ``model`` (plus a threshold head), ``loss`` (the
+DB loss), ``trainer`` (the loop), ``qat`` (quantization-aware training by distillation).
+Importing this package does not import torch.
 """
 
 from edgedb.train.trainer import FinetuneResult, Scores, finetune

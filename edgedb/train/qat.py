@@ -395,7 +395,7 @@ def distillation_loss(logit, teacher, *, threshold: float = 0.3, border: int = 2
 def binary_iou(maps: Sequence[np.ndarray], references: Sequence[np.ndarray], threshold: float = 0.3) -> float:
     """IoU of the maps binarized at ``threshold``, pooled over all of them (as
     ``edgedb compare`` pools it)."""
-    from edgedb.precision.compare import binarized_overlap
+    from edgedb.precision.agreement import binarized_overlap
 
     overlaps = [binarized_overlap(prob, reference, threshold) for prob, reference in zip(maps, references)]
     union = sum(u for _, u in overlaps)
@@ -567,7 +567,7 @@ def distill_int8(
 
     from edgedb.backends.onnxrt import OnnxRuntimeBackend
     from edgedb.precision.calibration import prepared_images
-    from edgedb.precision.compare import box_agreement, label_hmean
+    from edgedb.precision.agreement import box_agreement, label_hmean
     from edgedb.spec import spec_from_metadata
 
     begin = time.perf_counter()

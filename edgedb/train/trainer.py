@@ -93,7 +93,7 @@ class Validator:
 
     def __init__(self, samples: Sequence, *, limit_side_len: int = 736, limit_type: str = "min",
                  box_options: Optional[dict] = None, stride: int = 32):
-        from edgedb.detector import DEFAULT_BOXES
+        from edgedb.boxes import DEFAULT_BOXES
         from edgedb.evaluation import GroundTruthBox
         from edgedb.preprocess import prepare_limit
 

@@ -17,6 +17,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from edgedb.errors import InvalidInputError
+from edgedb.precision.agreement import binarized_overlap
 
 
 @dataclass
@@ -33,55 +34,6 @@ class PrecisionReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def binarized_overlap(prob: np.ndarray, reference: np.ndarray, threshold: float) -> tuple[int, int]:
-    """(intersection, union) in pixels of the two maps binarized at ``threshold``."""
-    above, reference_above = prob > threshold, reference > threshold
-    return int(np.logical_and(above, reference_above).sum()), int(np.logical_or(above, reference_above).sum())
-
-
-def box_agreement(maps: Sequence[np.ndarray], references: Sequence[np.ndarray], **box_options) -> float:
-    """How well the boxes formed from ``maps`` reproduce those formed from ``references``
-    (the FP32 maps of the same frames): the ICDAR 2015 hmean of the first against the
-    second as ground truth, pooled over the frames; 1.0 when neither has a box.
-
-    This, not the binarized map's IoU, is what a detector's user sees: a quantized map
-    can lose IoU at every text border and keep every box, or keep most pixels and split,
-    merge or invent boxes. ``box_options`` go to ``boxes_from_prob`` (default: the
-    detector's).
-    """
-    from edgedb.boxes import boxes_from_prob
-    from edgedb.detector import DEFAULT_BOXES
-    from edgedb.evaluation import EvalResult, evaluate_image
-
-    if len(maps) != len(references):
-        raise InvalidInputError(f"{len(maps)} maps against {len(references)} reference maps")
-    options = {**DEFAULT_BOXES, **box_options}
-    images = [evaluate_image(boxes_from_prob(prob, **options), boxes_from_prob(reference, **options))
-              for prob, reference in zip(maps, references)]
-    result = EvalResult.from_images(images)
-    if not any(image.gt_care or image.det_care for image in images):
-        return 1.0
-    return result.hmean
-
-
-def label_hmean(maps: Sequence[np.ndarray], prepared: Sequence, ground_truths: Sequence, **box_options) -> float:
-    """The ICDAR 2015 hmean, pooled over the frames, of the boxes formed from ``maps``
-    against labels: ``prepared`` gives each map's ``PreparedFrame`` (where the image sits
-    in the frame, and its size), ``ground_truths`` each image's boxes in its own pixels
-    (``GroundTruthBox`` objects or polygons), the detector's box formation
-    (``box_options`` override it)."""
-    from edgedb.detector import DEFAULT_BOXES, image_boxes
-    from edgedb.evaluation import EvalResult, evaluate_image
-
-    if not len(maps) == len(prepared) == len(ground_truths):
-        raise InvalidInputError(f"{len(maps)} maps, {len(prepared)} frames and {len(ground_truths)} label sets: "
-                                "give one of each per image")
-    options = {**DEFAULT_BOXES, **box_options}
-    images = [evaluate_image(image_boxes(prob, frame, **options), truth)
-              for prob, frame, truth in zip(maps, prepared, ground_truths)]
-    return EvalResult.from_images(images).hmean
 
 
 @dataclass
@@ -131,8 +83,8 @@ def compare_precisions(
     import onnx
     from tqdm import tqdm
 
-    from edgedb.boxes import boxes_from_prob
-    from edgedb.detector import DEFAULT_BOXES, EdgeDetector
+    from edgedb.boxes import DEFAULT_BOXES, boxes_from_prob
+    from edgedb.detector import EdgeDetector
     from edgedb.evaluation import EvalResult, evaluate_image
     from edgedb.preprocess import as_bgr_image
 
