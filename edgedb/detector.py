@@ -283,6 +283,29 @@ class EdgeDetector:
             if pending is not None:
                 yield pending.result()
 
+    def stream_frames(self, frames: Iterable) -> Iterator[tuple]:
+        """``stream()`` over the frames of a source (``edgedb.sources.VideoSource``, or
+        anything yielding objects with an ``image``), yielding ``(frame, boxes)`` in order,
+        with the same pipelining::
+
+            with EdgeDetector() as detector, open_source("/dev/video0") as frames:
+                for frame, boxes in detector.stream_frames(frames):
+                    print(frame.index, frame.timestamp, len(boxes))
+
+        The stream reads at most one frame ahead of the boxes it yields (two on
+        TensorRT), so a live source's newest-frame policy still holds."""
+        from collections import deque
+
+        taken: deque = deque()
+
+        def images() -> Iterator:
+            for frame in frames:
+                taken.append(frame)
+                yield frame.image
+
+        for boxes in self.stream(images()):
+            yield taken.popleft(), boxes
+
     def _stream_pipelined(self, images: Iterable[ImageLike]) -> Iterator[list[TextBox]]:
         # Frame i+1 is enqueued (copy in, compute, copy out on the backend's streams) before
         # the host waits for frame i; boxes of frame i then form while i+1 computes.

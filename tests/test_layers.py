@@ -18,14 +18,14 @@ LAYERS = [
     ("foundation", ["edgedb.errors", "edgedb._version", "edgedb._native"]),
     ("basics", ["edgedb.spec", "edgedb._checks", "edgedb._files", "edgedb.memory"]),
     ("data", ["edgedb.preprocess", "edgedb.boxes", "edgedb.reference", "edgedb.evaluation", "edgedb.synthetic",
-              "edgedb.visualize", "edgedb.sessions"]),
+              "edgedb.visualize", "edgedb.sessions", "edgedb.sources"]),
     ("graph", ["edgedb.graph"]),
     ("models", ["edgedb.models"]),
     ("precision", ["edgedb.precision"]),
     ("engine", ["edgedb.engine"]),
     ("backends", ["edgedb.backends"]),
     ("detector", ["edgedb.detector"]),
-    ("applications", ["edgedb.compare", "edgedb.bench", "edgedb.train"]),
+    ("applications", ["edgedb.compare", "edgedb.video", "edgedb.bench", "edgedb.train"]),
     ("interfaces", ["edgedb.cli", "edgedb.__main__", "edgedb"]),
 ]
 

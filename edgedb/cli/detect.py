@@ -1,4 +1,5 @@
-"""``edgedb detect``: EdgeDetector on images, folders or a generated sample."""
+"""``edgedb detect``: EdgeDetector on images, folders, a generated sample, or one video
+source (file, camera, stream, GStreamer pipeline)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Sequence
 from edgedb._files import atomic_output
 from edgedb.cli._common import (
     _add_detector_arguments,
+    _bounded_float,
+    _bounded_int,
     _add_strict_argument,
     _check_output,
     _counted,
@@ -24,15 +27,28 @@ from edgedb.preprocess import IMAGE_SUFFIXES
 
 
 def add_parser(commands) -> None:
-    detect = commands.add_parser("detect", help="detect text in images",
-                                 description="Runs EdgeDetector on images or folders of images. "
-                                 "Without images, on a generated sample image.")
-    detect.add_argument("images", nargs="*", type=Path, help="image files or folders (default: a generated sample)")
+    detect = commands.add_parser("detect", help="detect text in images or video",
+                                 description="Runs EdgeDetector on images or folders of images, or on one video "
+                                 "source: a video file, a camera (0, /dev/video0), a stream URL (rtsp://, http://) or "
+                                 "a GStreamer pipeline ending in appsink. Without images, on a generated sample image.")
+    detect.add_argument("images", nargs="*", metavar="SOURCE",
+                        help="image files or folders (default: a generated sample), or one video source")
     detect.add_argument("--sample", action="store_true", help="also run on a generated sample image")
     detect.add_argument("--json", metavar="FILE", help="write the boxes as JSON (- for stdout)")
-    detect.add_argument("--draw", type=Path, metavar="DIR",
-                        help="write each image with its boxes drawn into DIR as NAME_EXT.png (a.jpg -> a_jpg.png); "
-                             "never over an input image")
+    detect.add_argument("--draw", type=Path, metavar="PATH",
+                        help="images: write each image with its boxes drawn into the folder PATH as NAME_EXT.png "
+                             "(a.jpg -> a_jpg.png), never over an input image; video: write the annotated video to "
+                             "PATH (.mp4, .avi, .mkv, .mov)")
+    video = detect.add_argument_group("video sources (edgedb.sources.VideoSource, edgedb.video.VideoDetection)")
+    video.add_argument("--jsonl", metavar="FILE",
+                       help="write one JSON line per processed frame (frame, time, width, height, boxes), flushed "
+                            "as it goes (- for stdout)")
+    video.add_argument("--every", type=_bounded_int(1), default=1, metavar="N", help="process every Nth frame (default 1)")
+    video.add_argument("--max-frames", type=_bounded_int(1), metavar="N", help="stop after N processed frames")
+    video.add_argument("--open-timeout", type=_bounded_float(0, open_low=True), default=10.0, metavar="S",
+                       help="seconds to wait for the source to open (default 10)")
+    video.add_argument("--read-timeout", type=_bounded_float(0, open_low=True), default=5.0, metavar="S",
+                       help="seconds a camera or stream may send nothing before it counts as stopped (default 5)")
     _add_strict_argument(detect)
     _add_detector_arguments(detect)
     detect.set_defaults(run=_cmd_detect)
@@ -84,6 +100,99 @@ def _write_drawing(path: Path, drawing) -> None:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
+    from edgedb.sources import looks_like_video
+
+    videos = [item for item in args.images if looks_like_video(item)]
+    if videos:
+        if len(args.images) > 1 or args.sample:
+            raise EdgeDBError(f"{videos[0]} is a video source: give it alone (one video source per run, no images "
+                              "or --sample beside it)")
+        return _detect_video(args, videos[0])
+    for flag, value in (("--jsonl", args.jsonl), ("--max-frames", args.max_frames)):
+        if value is not None:
+            raise EdgeDBError(f"{flag} is for a video source; for images use --json")
+    if args.every != 1:
+        raise EdgeDBError("--every is for a video source")
+    args.images = [Path(item) for item in args.images]
+    return _detect_images(args)
+
+
+def _detect_video(args: argparse.Namespace, source: str) -> int:
+    from edgedb.sources import VideoSource
+    from edgedb.video import VideoDetection
+
+    if args.json:
+        raise EdgeDBError("--json writes one document for images; for a video source use --jsonl FILE "
+                          "(one line per frame, written as it goes)")
+    _check_output(args.jsonl, "--jsonl")
+    if args.draw is not None:
+        from edgedb.video import writer_fourcc
+
+        try:
+            writer_fourcc(args.draw)
+        except InvalidInputError as error:
+            raise EdgeDBError(f"--draw {args.draw}: {error}") from None
+        _check_output(args.draw, "--draw", [Path(source)], make_folder=True)
+    if not args.verbose:
+        _quiet_video_backends()
+    skipped = _Skipped("detect", args.strict)
+    jsonl = None
+    interruption = _Interruption()
+    with VideoSource(source, every=args.every, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
+                     max_frames=args.max_frames) as frames, _detector(args, skipped) as detector:
+        try:
+            jsonl = sys.stdout if args.jsonl == "-" else (open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None)
+        except OSError as error:
+            raise EdgeDBError(f"--jsonl {args.jsonl}: cannot write it: {error.strerror}") from None
+        bar = _video_progress(frames, printing=jsonl is None)
+        run = VideoDetection(detector, frames, jsonl=jsonl, draw=args.draw,
+                             on_frame=(lambda frame, boxes: bar.update(1)) if bar else _print_frame)
+        try:
+            with interruption:
+                run.run()
+        finally:
+            if bar:
+                bar.close()
+            if jsonl is not None and jsonl is not sys.stdout:
+                jsonl.close()
+    print(run.summary(), file=sys.stderr)
+    if args.jsonl and args.jsonl != "-":
+        print(f"wrote {args.jsonl}", file=sys.stderr)
+    if args.draw:
+        print(f"drawn: {args.draw}", file=sys.stderr)
+    interruption.resume()
+    return 0
+
+
+def _quiet_video_backends() -> None:
+    """OpenCV and FFmpeg print their own lines about a source they cannot open; the command
+    says it in one (-v keeps theirs). FFmpeg reads its level when first used."""
+    import os
+
+    import cv2
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def _video_progress(frames, *, printing: bool):
+    """A progress bar while the lines go to a file (a file of known length shows its total);
+    None when each frame is printed."""
+    if printing:
+        return None
+    from tqdm import tqdm
+
+    total = -(-frames.frame_count // frames.every) if frames.frame_count else None
+    if frames.max_frames and total:
+        total = min(total, frames.max_frames)
+    return tqdm(total=total, desc="detect", unit="frame", file=sys.stderr)
+
+
+def _print_frame(frame, boxes) -> None:
+    print(f"frame {frame.index} ({frame.timestamp:.2f} s): {_counted(len(boxes), 'box', 'boxes')}", flush=True)
+
+
+def _detect_images(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from edgedb.preprocess import as_bgr_image
