@@ -8,6 +8,7 @@ backend, and forms boxes with the C++ core, mapped back to original image pixels
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +29,11 @@ from edgedb.preprocess import (  # noqa: F401  (the limits re-exported)
     check_fixed_size,
     check_limits,
     prepare_fixed,
+    policy_scale,
     prepare_limit,
 )
 from edgedb.spec import ModelSpec
+from edgedb.tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, Tile, check_tiling, merge_tile_boxes, tile_grid
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,15 @@ def _until_error(images: Iterable) -> Iterator:
         yield from images
     except Exception as error:
         yield _SourceError(error)
+
+
+def _finished(value):
+    """A future already holding ``value``, queued with the ones still forming."""
+    from concurrent.futures import Future
+
+    future = Future()
+    future.set_result(value)
+    return future
 
 
 def _check_count(name: str, value, *, minimum: int, optional: bool = False) -> None:
@@ -94,11 +106,18 @@ class EdgeDetector:
             to multiples of 32.
         input_size: ``(height, width)``, multiples of 32: letterbox every image into this
             fixed size instead (what a static TensorRT profile wants).
-        max_side_len: cap on the longer input side, for huge images.
+        max_side_len: cap on the longer input side, for huge images (but see ``tile``).
             ``limit_side_len``, ``max_side_len`` and ``input_size`` sides are at most
             ``edgedb.preprocess.MAX_INPUT_SIDE`` (16384), and a network input at most
             ``MAX_INPUT_PIXELS`` (8192 x 8192): larger values raise InvalidInputError.
         threads: CPU threads for the backend, 1 .. this machine's cores (default: all cores).
+        tile: ``"auto"`` (the default): an image that ``max_side_len`` alone would scale
+            down runs instead at the scale the policy wants, cut into overlapping tiles of
+            ``tile_size`` network pixels sharing at least ``tile_overlap``, run in batches of
+            ``tile_batch``, their boxes merged (``edgedb.tiling``): small text survives an 8K
+            frame. ``"on"`` (or True) tiles every image larger than one tile; ``"off"`` (or
+            False) never tiles. ``detect``, ``detect_batch`` and ``stream`` tile;
+            ``probability_map`` does not. Limit mode only (not with ``input_size``).
         thresh, box_thresh, unclip_ratio, max_candidates, min_size, score_mode, box_type,
         use_dilation: box formation, as in :func:`edgedb.boxes_from_prob`.
 
@@ -121,6 +140,10 @@ class EdgeDetector:
         input_size: Optional[tuple[int, int]] = None,
         max_side_len: int = 4096,
         threads: Optional[int] = None,
+        tile: Union[str, bool] = "auto",
+        tile_size: int = DEFAULT_TILE_SIZE,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        tile_batch: int = 4,
         thresh: float = DEFAULT_BOXES["thresh"],
         box_thresh: float = DEFAULT_BOXES["box_thresh"],
         unclip_ratio: float = DEFAULT_BOXES["unclip_ratio"],
@@ -141,6 +164,11 @@ class EdgeDetector:
         _check_count("max_batch", max_batch, minimum=1)
         _check_count("device", device, minimum=0)
         check_fixed_size(input_size, 1)  # bounds before the model loads; the stride is checked below
+        self.tile, self.tile_size, self.tile_overlap = check_tiling(tile, tile_size, tile_overlap)
+        _check_count("tile_batch", tile_batch, minimum=1)
+        self.tile_batch = tile_batch
+        if self.tile == "on" and input_size is not None:
+            raise InvalidInputError("tile='on' runs in limit mode: leave input_size out, or tile='off'")
         self._backend = None
         if is_engine_file(model):
             self._open_engine(model, backend, spec, precision, input_size, device)
@@ -201,7 +229,10 @@ class EdgeDetector:
 
     def detect(self, image: ImageLike) -> list[TextBox]:
         """Text boxes of one image (BGR uint8 (H, W, 3), gray, BGRA, or a file path)."""
-        prepared = self._prepare(image)
+        bgr = as_bgr_image(image)
+        if self._tiled(bgr.shape):
+            return self._detect_tiled(bgr)
+        prepared = self._prepare(bgr)
         return self._form(self._infer([prepared.frame])[0], prepared)
 
     def probability_map(self, image: ImageLike) -> np.ndarray:
@@ -215,11 +246,16 @@ class EdgeDetector:
         """Text boxes of several images; frames of equal input size run as one batch."""
         if isinstance(images, (np.ndarray, str, Path)):
             raise InvalidInputError("detect_batch takes a sequence of images; use detect() for one")
-        prepared = [self._prepare(image) for image in images]
+        bgrs = [as_bgr_image(image) for image in images]
+        tiled = [self._tiled(bgr.shape) for bgr in bgrs]
+        prepared = [None if tile else self._prepare(bgr) for bgr, tile in zip(bgrs, tiled)]
         results: list[Optional[list[TextBox]]] = [None] * len(prepared)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, item in enumerate(prepared):
-            groups.setdefault(item.frame.shape, []).append(index)
+            if item is None:
+                results[index] = self._detect_tiled(bgrs[index])
+            else:
+                groups.setdefault(item.frame.shape, []).append(index)
         limit = getattr(self._backend, "max_batch", None) or len(prepared)  # an engine's profile caps batches
         for group in groups.values():
             for start in range(0, len(group), limit):
@@ -270,13 +306,17 @@ class EdgeDetector:
                 try:
                     if isinstance(image, _SourceError):
                         raise image.error
-                    prepared = self._prepare(image)
-                    prob = self._infer([prepared.frame])[0]
+                    bgr = as_bgr_image(image)
+                    if self._tiled(bgr.shape):  # many tiles: already batched, formed here
+                        future = _finished(self._detect_tiled(bgr))
+                    else:
+                        prepared = self._prepare(bgr)
+                        prob = self._infer([prepared.frame])[0]
+                        future = pool.submit(self._form, prob, prepared)
                 except Exception:
                     if pending is not None:  # the frames before a bad one keep their boxes
                         yield pending.result()
                     raise
-                future = pool.submit(self._form, prob, prepared)
                 if pending is not None:
                     yield pending.result()
                 pending = future
@@ -320,7 +360,14 @@ class EdgeDetector:
                 try:
                     if isinstance(image, _SourceError):
                         raise image.error
-                    prepared = self._prepare(image)
+                    bgr = as_bgr_image(image)
+                    if self._tiled(bgr.shape):  # the frames before it first, in order
+                        while in_flight:
+                            pending, earlier = in_flight.popleft()
+                            forming.append(pool.submit(self._form, self._prob_of(pending.result(), 1)[0], earlier))
+                        forming.append(_finished(self._detect_tiled(bgr)))
+                        continue
+                    prepared = self._prepare(bgr)
                     submitted = self._backend.submit({self.spec.input_name: prepared.frame[None]})
                 except Exception:
                     # The frames before a bad one keep their boxes; the error comes after them.
@@ -365,6 +412,48 @@ class EdgeDetector:
         if self.input_size is not None:
             return prepare_fixed(bgr, self.input_size)
         return prepare_limit(bgr, self.limit_side_len, self.limit_type, self.spec.stride, self.max_side_len)
+
+    def _tiled(self, shape: tuple[int, ...]) -> bool:
+        """Whether an image of ``shape`` runs in tiles (see ``tile`` in the class doc)."""
+        if self.tile == "off" or self.input_size is not None:
+            return False
+        height, width = shape[:2]
+        scaled = max(height, width) * policy_scale(height, width, self.limit_side_len, self.limit_type)
+        if self.tile == "on":
+            return scaled > self.tile_size
+        return scaled > self.max_side_len  # "auto": only where max_side_len would scale it down
+
+    def _tiles(self, height: int, width: int) -> tuple[list[Tile], float, int]:
+        """The tiles of an image, the scale they run at, and their frame side."""
+        scale = policy_scale(height, width, self.limit_side_len, self.limit_type)
+        side = -(-self.tile_size // self.spec.stride) * self.spec.stride
+        tile = max(1, int(side / scale))
+        overlap = min(tile // 2 - 1, math.ceil(self.tile_overlap / scale))
+        return tile_grid(height, width, tile, overlap), scale, side
+
+    def _detect_tiled(self, bgr: np.ndarray) -> list[TextBox]:
+        """Tiles at the policy's scale, in batches; boxes mapped back and merged."""
+        import cv2
+
+        height, width = bgr.shape[:2]
+        tiles, scale, side = self._tiles(height, width)
+        limit = min(self.tile_batch, getattr(self._backend, "max_batch", None) or self.tile_batch)
+        found: list[list[TextBox]] = []
+        for start in range(0, len(tiles), limit):
+            batch = tiles[start:start + limit]
+            prepared = []
+            for tile in batch:
+                crop = bgr[tile.y0:tile.y1, tile.x0:tile.x1]
+                th, tw = crop.shape[:2]
+                ch, cw = min(side, max(1, round(th * scale))), min(side, max(1, round(tw * scale)))
+                frame = np.zeros((side, side, 3), np.uint8)
+                frame[:ch, :cw] = crop if (ch, cw) == (th, tw) else cv2.resize(crop, (cw, ch),
+                                                                                interpolation=cv2.INTER_LINEAR)
+                prepared.append(PreparedFrame(frame, (ch, cw), (th, tw)))
+            for tile, item, prob in zip(batch, prepared, self._infer([p.frame for p in prepared])):
+                offset = np.array([tile.x0, tile.y0], np.float32)
+                found.append([TextBox(box.points + offset, box.score) for box in self._form(prob, item)])
+        return merge_tile_boxes(tiles, found, (height, width), self._box_options["box_type"])
 
     def _infer(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         if self._backend.closed:

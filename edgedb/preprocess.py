@@ -74,11 +74,20 @@ def check_limits(limit_side_len: int, limit_type: str, max_side_len: int) -> tup
 
 def _scale(height: int, width: int, limit_side_len: int, limit_type: str, max_side_len: int) -> float:
     limit_side_len, limit_type, max_side_len = check_limits(limit_side_len, limit_type, max_side_len)
-    if limit_type == "min":
-        ratio = limit_side_len / min(height, width) if min(height, width) < limit_side_len else 1.0
-    else:
-        ratio = limit_side_len / max(height, width) if max(height, width) > limit_side_len else 1.0
+    ratio = _policy_ratio(height, width, limit_side_len, limit_type)
     return min(ratio, max_side_len / max(height, width))  # huge or very long images
+
+
+def _policy_ratio(height: int, width: int, limit_side_len: int, limit_type: str) -> float:
+    if limit_type == "min":
+        return limit_side_len / min(height, width) if min(height, width) < limit_side_len else 1.0
+    return limit_side_len / max(height, width) if max(height, width) > limit_side_len else 1.0
+
+
+def policy_scale(height: int, width: int, limit_side_len: int, limit_type: str) -> float:
+    """The scale the resize policy wants for an image, before ``max_side_len`` caps it."""
+    limit_side_len, limit_type, _ = check_limits(limit_side_len, limit_type, MAX_INPUT_SIDE)
+    return _policy_ratio(height, width, limit_side_len, limit_type)
 
 
 def resized_shape(

@@ -18,7 +18,7 @@ LAYERS = [
     ("foundation", ["edgedb.errors", "edgedb._version", "edgedb._native"]),
     ("basics", ["edgedb.spec", "edgedb._checks", "edgedb._files", "edgedb.memory"]),
     ("data", ["edgedb.preprocess", "edgedb.boxes", "edgedb.reference", "edgedb.evaluation", "edgedb.synthetic",
-              "edgedb.visualize", "edgedb.sessions", "edgedb.sources"]),
+              "edgedb.visualize", "edgedb.sessions", "edgedb.sources", "edgedb.tiling"]),
     ("graph", ["edgedb.graph"]),
     ("models", ["edgedb.models"]),
     ("precision", ["edgedb.precision"]),

@@ -321,6 +321,19 @@ def _add_detector_arguments(parser: argparse.ArgumentParser) -> None:
                             "int8 and best need --calib; bf16: --backend openvino runs the FP32 model in bfloat16")
     group.add_argument("--calib", help="calibration images for int8/best: a folder or a list file")
     _add_engine_shape_arguments(group)
+    from edgedb.tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE
+
+    group.add_argument("--tile", choices=["auto", "on", "off"], default="auto",
+                       help="cut very large images into overlapping tiles at full resolution and merge their boxes: "
+                            "auto, where the 4096-pixel side cap would scale the image down; on, any image larger "
+                            "than one tile; off, never (default auto)")
+    group.add_argument("--tile-size", type=_bounded_int(64, MAX_SIDE), default=DEFAULT_TILE_SIZE, metavar="PX",
+                       help=f"tile side in network pixels (default {DEFAULT_TILE_SIZE})")
+    group.add_argument("--tile-overlap", type=_bounded_int(0, MAX_SIDE), default=DEFAULT_TILE_OVERLAP, metavar="PX",
+                       help=f"pixels neighbouring tiles share at least, more than the tallest word "
+                            f"(default {DEFAULT_TILE_OVERLAP})")
+    group.add_argument("--tile-batch", type=_bounded_int(1, 1024), default=4, metavar="N",
+                       help="tiles run at once (default 4)")
     defaults = DEFAULT_BOXES
     boxes = parser.add_argument_group("box formation (edgedb.boxes_from_prob)")
     boxes.add_argument("--thresh", type=_bounded_float(0, 1), default=defaults["thresh"],
@@ -365,6 +378,7 @@ def _detector(args: argparse.Namespace, skipped: _Skipped):
         input_size=args.input_size, threads=args.threads, thresh=args.thresh, box_thresh=args.box_thresh,
         unclip_ratio=args.unclip_ratio, max_candidates=args.max_candidates, min_size=args.min_size,
         score_mode=args.score_mode, box_type=args.box_type, use_dilation=args.use_dilation,
+        tile=args.tile, tile_size=args.tile_size, tile_overlap=args.tile_overlap, tile_batch=args.tile_batch,
     )
 
 

@@ -1,0 +1,117 @@
+"""Tiling very large images: does a mosaic keep the recall of its frames?
+
+    python bench/bench_tiling.py [--data DIR] [--grid 6] [--offset 0] [--threads 2] [--json OUT]
+
+Builds a mosaic of grid x grid real ICDAR 2015 frames (1280x720 each: 6x6 is 7680x4320),
+their ground truth shifted with them, and detects it three ways in one run:
+
+- ``frames``: each frame alone, as EdgeDetector runs a 1280x720 image (the target);
+- ``mosaic, tile=off``: the whole mosaic, scaled down to max_side_len (today's behaviour);
+- ``mosaic, tile=auto``: the mosaic in overlapping tiles at full resolution, merged.
+
+Also times every tile of the tiled run as a single frame (``detect`` on the tile's crop,
+tiling off): the tiled detection should take at most 1.2x their sum. ICDAR 2015 scoring
+(IoU 0.5, don't-care regions ignored) over all the mosaic's words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def mosaic(items, grid: int):
+    import cv2
+
+    from edgedb.evaluation import GroundTruthBox
+
+    images = [cv2.imread(str(path)) for _, path, _ in items]
+    height, width = images[0].shape[:2]
+    canvas = np.zeros((grid * height, grid * width, 3), np.uint8)
+    truth = []
+    for index, (image, (_, _, boxes)) in enumerate(zip(images, items)):
+        row, col = divmod(index, grid)
+        canvas[row * height:(row + 1) * height, col * width:(col + 1) * width] = cv2.resize(image, (width, height))
+        offset = np.array([col * width, row * height], np.float32)
+        truth += [GroundTruthBox(box.points + offset, box.text, box.dont_care) for box in boxes]
+    return canvas, truth, images
+
+
+def scores(result) -> dict:
+    return {"precision": result.precision, "recall": result.recall, "hmean": result.hmean,
+            "matched": result.matched, "detections": result.det_care, "truths": result.gt_care}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--grid", type=int, default=6)
+    parser.add_argument("--offset", type=int, default=0, help="first image of the mosaic (index into the set)")
+    parser.add_argument("--model", default="ppocrv4-det")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--tile-size", type=int)
+    parser.add_argument("--tile-overlap", type=int)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from edgedb import EdgeDetector
+    from edgedb.evaluation import IcdarDataset, evaluate
+
+    items = list(IcdarDataset(args.data / "icdar2015-dev" / "images"))[args.offset:args.offset + args.grid ** 2]
+    canvas, truth, images = mosaic(items, args.grid)
+    tiling = {k: v for k, v in (("tile_size", args.tile_size), ("tile_overlap", args.tile_overlap)) if v}
+    figures = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "mosaic": list(canvas.shape[:2]),
+               "images": [items[0][0], items[-1][0]], "args": {k: str(v) for k, v in vars(args).items()}}
+    with EdgeDetector(args.model, threads=args.threads, **tiling) as detector:
+        detector.detect(images[0])  # warm-up
+        start = time.perf_counter()
+        per_frame = [detector.detect(image) for image in images]
+        figures["frames_seconds"] = time.perf_counter() - start
+        figures["frames"] = scores(evaluate([(item[0], boxes, item[2]) for item, boxes in zip(items, per_frame)]))
+
+        detector.detect(canvas)  # warm-up at the tile size
+        start = time.perf_counter()
+        tiled = detector.detect(canvas)
+        figures["tiled_seconds"] = time.perf_counter() - start
+        figures["tiled"] = scores(evaluate([("mosaic", tiled, truth)]))
+        tiles, _, _ = detector._tiles(*canvas.shape[:2])
+        figures["tiles"] = len(tiles)
+    with EdgeDetector(args.model, threads=args.threads, tile="off") as plain:
+        crops = [canvas[t.y0:t.y1, t.x0:t.x1] for t in tiles]
+        plain.detect(crops[0])
+        start = time.perf_counter()
+        for crop in crops:
+            plain.detect(crop)
+        figures["tiles_single_seconds"] = time.perf_counter() - start
+        plain.detect(canvas)
+        start = time.perf_counter()
+        whole = plain.detect(canvas)
+        figures["untiled_seconds"] = time.perf_counter() - start
+        figures["untiled"] = scores(evaluate([("mosaic", whole, truth)]))
+
+    for key, label in (("frames", "frames alone"), ("untiled", "mosaic, tile=off"), ("tiled", "mosaic, tile=auto")):
+        s = figures[key]
+        print(f"{label:18s} P {s['precision']:.4f}  R {s['recall']:.4f}  H {s['hmean']:.4f}  "
+              f"({s['matched']} of {s['truths']} words, {s['detections']} boxes)")
+    ratio = figures["tiled_seconds"] / figures["tiles_single_seconds"]
+    print(f"time: frames {figures['frames_seconds']:.2f} s; tile=off {figures['untiled_seconds']:.2f} s; tiled "
+          f"{figures['tiled_seconds']:.2f} s = {ratio:.3f}x the {figures['tiles']} tiles alone "
+          f"({figures['tiles_single_seconds']:.2f} s)")
+    figures["tiled_over_tiles"] = ratio
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Very large images by tiles: where they are cut, and how their boxes become one set.
+
+An image that the resize policy would scale down only because of ``max_side_len`` (an 8K
+frame, a scanned poster) loses its small text. Tiled, it runs at the scale the policy
+wants, in overlapping tiles. Their boxes are mapped back to image pixels and merged:
+
+- copies of one word seen whole by two tiles overlap each other almost entirely;
+- pieces of a word cut by a tile's inner edge overlap the whole word in the neighbour, or
+  the neighbour's piece of it, across the overlap.
+
+So boxes of different tiles that overlap by a good part of the smaller one form a group
+(union-find; bounding boxes, vectorized, find the pairs that may touch, their polygons'
+intersection decides). A group whose largest box holds the others is that box (a tile saw
+the word whole); otherwise its boxes are pieces (a line longer than the overlap, a
+slanted word across a corner), and the word is the minimum-area rectangle, or the convex
+hull for polygons, of all of them. A piece alone, at a tile's inner edge and inside a
+tile that found nothing there, is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from edgedb.boxes import TextBox
+from edgedb.errors import InvalidInputError
+
+DEFAULT_TILE_SIZE = 1280  # network pixels; bench/RESULTS.md, "Tiling"
+DEFAULT_TILE_OVERLAP = 256  # more than the tallest word expected at the detector's scale
+TILE_MODES = ("auto", "on", "off")
+_EDGE = 0.5  # of a box's smaller extent: that close to a tile's inner edge, the edge cut it
+_HELD = 0.8  # of a piece's area inside another box of its group: the other saw it whole
+_GROUP_OVERLAP = 0.2  # of the smaller box's bounding box: pieces of one word
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile's rectangle in image pixels, [y0, y1) x [x0, x1)."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+
+def check_tiling(mode, size, overlap) -> tuple[str, int, int]:
+    """Validated ``(mode, size, overlap)``; ``mode`` True/False read as "on"/"off"."""
+    if mode is True or mode is False:
+        mode = "on" if mode else "off"
+    if mode not in TILE_MODES:
+        raise InvalidInputError(f"tile must be one of {', '.join(TILE_MODES)} (or True/False), not {mode!r}")
+    for name, value, low in (("tile_size", size, 64), ("tile_overlap", overlap, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
+    if overlap * 2 >= size:
+        raise InvalidInputError(f"tile_overlap ({overlap}) must be less than half of tile_size ({size})")
+    return mode, int(size), int(overlap)
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts along one side: as few tiles as keep at least ``overlap`` shared, spread
+    evenly (the last tile ends at the edge)."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    step = (length - tile) / (count - 1)
+    return [round(i * step) for i in range(count)]
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Overlapping tiles of at most ``tile`` x ``tile`` pixels covering the image, row by row."""
+    rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
+    return [Tile(y, x, min(height, y + tile), min(width, x + tile)) for y in rows for x in cols]
+
+
+def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], image_size: tuple[int, int],
+                     box_type: str = "quad") -> list[TextBox]:
+    """One set of boxes from the boxes of each tile (already in image pixels), in reading
+    order of their tiles; see the module doc."""
+    import cv2
+
+    height, width = image_size
+    owner, items = [], []
+    for index, tile_boxes in enumerate(boxes):
+        for box in tile_boxes:
+            owner.append(index)
+            items.append(box)
+    if not items:
+        return []
+    owner = np.asarray(owner)
+    bounds = np.array([[b.points[:, 0].min(), b.points[:, 1].min(), b.points[:, 0].max(), b.points[:, 1].max()]
+                       for b in items], np.float64)  # x0, y0, x1, y1
+    rects = np.array([[t.x0, t.y0, t.x1, t.y1] for t in tiles], np.float64)[owner]
+    # Cut: near an edge of its tile that is not the image's edge.
+    inner = np.stack([rects[:, 0] > 0, rects[:, 1] > 0, rects[:, 2] < width, rects[:, 3] < height], axis=1)
+    # (a slanted word's rectangle ends short of the edge that cut it)
+    margin = np.maximum(2.0, _EDGE * np.minimum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]))
+    near = np.stack([bounds[:, 0] <= rects[:, 0] + margin, bounds[:, 1] <= rects[:, 1] + margin,
+                     bounds[:, 2] >= rects[:, 2] - margin, bounds[:, 3] >= rects[:, 3] - margin], axis=1)
+    cut = (inner & near).any(axis=1)
+    # Only boxes inside some other tile can have a copy or a piece there.
+    others = np.array([[t.x0, t.y0, t.x1, t.y1] for t in tiles], np.float64)
+    inside_other = ((bounds[:, None, 2] > others[None, :, 0]) & (bounds[:, None, 0] < others[None, :, 2])
+                    & (bounds[:, None, 3] > others[None, :, 1]) & (bounds[:, None, 1] < others[None, :, 3]))
+    inside_other[np.arange(len(items)), owner] = False
+    candidates = np.flatnonzero(inside_other.any(axis=1))
+    contained = ((bounds[:, None, 0] >= others[None, :, 0]) & (bounds[:, None, 2] <= others[None, :, 2])
+                 & (bounds[:, None, 1] >= others[None, :, 1]) & (bounds[:, None, 3] <= others[None, :, 3]))
+    contained[np.arange(len(items)), owner] = False
+    contained = contained.any(axis=1)
+    parent = np.arange(len(items))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if len(candidates) > 1:
+        # Bounding boxes pick the pairs that may touch (vectorized); the polygons decide:
+        # slanted neighbours' bounding boxes overlap where the words do not.
+        b = bounds[candidates]
+        iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
+        ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
+        touching = (iw > 0) & (ih > 0) & (owner[candidates][:, None] != owner[candidates][None, :])
+        for i, j in zip(*np.nonzero(np.triu(touching, 1))):
+            a, c = items[candidates[i]].points, items[candidates[j]].points
+            shared = _shared_area(a, c)
+            if shared >= _GROUP_OVERLAP * min(_polygon_area(a), _polygon_area(c)):
+                ri, rj = root(candidates[i]), root(candidates[j])
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(items)):
+        groups.setdefault(root(i), []).append(i)
+    merged = []
+    for members in groups.values():  # keyed by the first member: reading order of the tiles
+        if len(members) == 1:
+            only = members[0]
+            if not (cut[only] and contained[only]):  # a piece another tile saw all of, and found nothing at
+                merged.append(items[only])
+            continue
+        # One member holding the others (a tile saw the word whole) is the word; else the
+        # members are pieces, and the word is their union.
+        areas = {i: _polygon_area(items[i].points) for i in members}
+        largest = max(members, key=areas.get)
+        if all(_shared_area(items[i].points, items[largest].points) >= _HELD * areas[i]
+               for i in members if i != largest):
+            merged.append(items[largest])
+            continue
+        points = np.concatenate([items[i].points for i in members]).astype(np.float32)
+        score = float(np.mean([items[i].score for i in members]))
+        if box_type == "poly":
+            outline = cv2.convexHull(points.reshape(-1, 1, 2)).reshape(-1, 2)
+        else:
+            outline = _clockwise_from_top_left(cv2.boxPoints(cv2.minAreaRect(points.reshape(-1, 1, 2))))
+        merged.append(TextBox(np.round(outline).astype(np.float32), score))
+    return merged
+
+
+def _polygon_area(points: np.ndarray) -> float:
+    import cv2
+
+    return max(1.0, float(cv2.contourArea(points.astype(np.float32))))
+
+
+def _shared_area(a: np.ndarray, b: np.ndarray) -> float:
+    """Area shared by two boxes (their convex outlines: quads are convex, polygons nearly)."""
+    import cv2
+
+    hull_a = cv2.convexHull(a.astype(np.float32).reshape(-1, 1, 2))
+    hull_b = cv2.convexHull(b.astype(np.float32).reshape(-1, 1, 2))
+    area, _ = cv2.intersectConvexConvex(hull_a, hull_b)
+    return float(area)
+
+
+def _clockwise_from_top_left(corners: np.ndarray) -> np.ndarray:
+    """Four corners as the core orders quads: top-left, top-right, bottom-right, bottom-left."""
+    by_x = corners[np.argsort(corners[:, 0], kind="stable")]
+    left, right = by_x[:2], by_x[2:]
+    top_left, bottom_left = left[np.argsort(left[:, 1], kind="stable")]
+    top_right, bottom_right = right[np.argsort(right[:, 1], kind="stable")]
+    return np.array([top_left, top_right, bottom_right, bottom_left], np.float32)
