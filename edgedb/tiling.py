@@ -101,12 +101,8 @@ def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], 
     near = np.stack([bounds[:, 0] <= rects[:, 0] + margin, bounds[:, 1] <= rects[:, 1] + margin,
                      bounds[:, 2] >= rects[:, 2] - margin, bounds[:, 3] >= rects[:, 3] - margin], axis=1)
     cut = (inner & near).any(axis=1)
-    # Only boxes inside some other tile can have a copy or a piece there.
+    # A piece inside a tile other than its own: that tile saw all of it.
     others = np.array([[t.x0, t.y0, t.x1, t.y1] for t in tiles], np.float64)
-    inside_other = ((bounds[:, None, 2] > others[None, :, 0]) & (bounds[:, None, 0] < others[None, :, 2])
-                    & (bounds[:, None, 3] > others[None, :, 1]) & (bounds[:, None, 1] < others[None, :, 3]))
-    inside_other[np.arange(len(items)), owner] = False
-    candidates = np.flatnonzero(inside_other.any(axis=1))
     contained = ((bounds[:, None, 0] >= others[None, :, 0]) & (bounds[:, None, 2] <= others[None, :, 2])
                  & (bounds[:, None, 1] >= others[None, :, 1]) & (bounds[:, None, 3] <= others[None, :, 3]))
     contained[np.arange(len(items)), owner] = False
@@ -119,18 +115,27 @@ def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], 
             i = parent[i]
         return i
 
-    if len(candidates) > 1:
-        # Bounding boxes pick the pairs that may touch (vectorized); the polygons decide:
-        # slanted neighbours' bounding boxes overlap where the words do not.
-        b = bounds[candidates]
-        iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
-        ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
-        touching = (iw > 0) & (ih > 0) & (owner[candidates][:, None] != owner[candidates][None, :])
-        for i, j in zip(*np.nonzero(np.triu(touching, 1))):
-            a, c = items[candidates[i]].points, items[candidates[j]].points
-            shared = _shared_area(a, c)
-            if shared >= _GROUP_OVERLAP * min(_polygon_area(a), _polygon_area(c)):
-                ri, rj = root(candidates[i]), root(candidates[j])
+    # Copies and pieces meet only where two tiles overlap: pair the boxes of each two
+    # overlapping tiles that reach into their shared rectangle (memory per seam, not per
+    # image). Bounding boxes pick the pairs that may touch (vectorized); the polygons
+    # decide: slanted neighbours' bounding boxes overlap where the words do not.
+    first, second = np.nonzero(np.triu(
+        (others[:, None, 0] < others[None, :, 2]) & (others[None, :, 0] < others[:, None, 2])
+        & (others[:, None, 1] < others[None, :, 3]) & (others[None, :, 1] < others[:, None, 3]), 1))
+    for ti, tj in zip(first, second):
+        shared_rect = np.maximum(others[ti], others[tj])[:2].tolist() + np.minimum(others[ti], others[tj])[2:].tolist()
+        reach = ((bounds[:, 2] > shared_rect[0]) & (bounds[:, 0] < shared_rect[2])
+                 & (bounds[:, 3] > shared_rect[1]) & (bounds[:, 1] < shared_rect[3]))
+        left, right = np.flatnonzero(reach & (owner == ti)), np.flatnonzero(reach & (owner == tj))
+        if not len(left) or not len(right):
+            continue
+        bl, br = bounds[left], bounds[right]
+        iw = np.minimum(bl[:, None, 2], br[None, :, 2]) - np.maximum(bl[:, None, 0], br[None, :, 0])
+        ih = np.minimum(bl[:, None, 3], br[None, :, 3]) - np.maximum(bl[:, None, 1], br[None, :, 1])
+        for i, j in zip(*np.nonzero((iw > 0) & (ih > 0))):
+            a, c = items[left[i]].points, items[right[j]].points
+            if _shared_area(a, c) >= _GROUP_OVERLAP * min(_polygon_area(a), _polygon_area(c)):
+                ri, rj = root(left[i]), root(right[j])
                 if ri != rj:
                     parent[max(ri, rj)] = min(ri, rj)
     groups: dict[int, list[int]] = {}
