@@ -55,9 +55,8 @@ def time_labels(runs: int = 200) -> float:
     return statistics.median(times) * 1e3, len(polygons)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fine-tuning settings, as `edgedb train` has them (bench_crossval uses them too)."""
     parser.add_argument("--base", default="ppocrv4-det")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -69,6 +68,12 @@ def main() -> int:
     parser.add_argument("--scale", type=float, nargs=2, default=(0.7, 1.4))
     parser.add_argument("--ema", type=float, default=0.95)
     parser.add_argument("--freeze", type=float, default=0.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_training_arguments(parser)
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch threads (default: all cores; the trainer's own default, the free cores, "
                         "follows the load average, which a previous run leaves high)")
