@@ -112,7 +112,7 @@ class EdgeDetector:
             ``MAX_INPUT_PIXELS`` (8192 x 8192): larger values raise InvalidInputError.
         threads: CPU threads for the backend, 1 .. this machine's cores (default: all cores).
         tile: ``"auto"`` (the default): an image that ``max_side_len`` alone would scale
-            down runs instead at the scale the policy wants, cut into overlapping tiles of
+            down runs instead at the scale the policy wants (at most 1), cut into overlapping tiles of
             ``tile_size`` network pixels sharing at least ``tile_overlap``, run in batches of
             ``tile_batch``, their boxes merged (``edgedb.tiling``): small text survives an 8K
             frame. ``"on"`` (or True) tiles every image larger than one tile; ``"off"`` (or
@@ -418,14 +418,19 @@ class EdgeDetector:
         if self.tile == "off" or self.input_size is not None:
             return False
         height, width = shape[:2]
-        scaled = max(height, width) * policy_scale(height, width, self.limit_side_len, self.limit_type)
+        scaled = max(height, width) * self._tile_scale(height, width)
         if self.tile == "on":
             return scaled > self.tile_size
         return scaled > self.max_side_len  # "auto": only where max_side_len would scale it down
 
+    def _tile_scale(self, height: int, width: int) -> float:
+        """Tiles run at the policy's scale, but never enlarged: a long thin strip would
+        otherwise be scaled up into thousands of tiles."""
+        return min(1.0, policy_scale(height, width, self.limit_side_len, self.limit_type))
+
     def _tiles(self, height: int, width: int) -> tuple[list[Tile], float, int]:
         """The tiles of an image, the scale they run at, and their frame side."""
-        scale = policy_scale(height, width, self.limit_side_len, self.limit_type)
+        scale = self._tile_scale(height, width)
         side = -(-self.tile_size // self.spec.stride) * self.spec.stride
         tile = max(1, int(side / scale))
         overlap = min(tile // 2 - 1, math.ceil(self.tile_overlap / scale))
