@@ -35,6 +35,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
+
 from bench_finetune import add_training_arguments  # this folder is on the path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +60,30 @@ def _evaluate(model: str, held_back, threads: int) -> dict:
         result = evaluate([(name, detector.detect(path), truth) for name, path, truth in held_back])
     return {"precision": result.precision, "recall": result.recall, "hmean": result.hmean,
             "counts": [result.matched, result.det_care, result.gt_care]}
+
+
+BOX_GRID = [(box_thresh, unclip) for box_thresh in (0.5, 0.6, 0.7) for unclip in (1.3, 1.5, 1.8)]
+
+
+def _box_grid(model: str, items, threads: int) -> dict:
+    """hmean on ``items`` for each (box_thresh, unclip_ratio) of BOX_GRID, from one run of
+    the network per image (``--box-grid``)."""
+    from edgedb import EdgeDetector
+    from edgedb.boxes import image_boxes
+    from edgedb.evaluation import evaluate
+
+    with EdgeDetector(model, threads=threads) as detector:
+        maps = []
+        for _, path, truth in items:
+            prepared = detector._prepare(path)
+            maps.append((prepared, detector._infer([prepared.frame])[0], truth))
+        options = dict(detector._box_options)
+    grid = {}
+    for box_thresh, unclip in BOX_GRID:
+        options.update(box_thresh=box_thresh, unclip_ratio=unclip)
+        result = evaluate([(image_boxes(prob, prepared, **options), truth) for prepared, prob, truth in maps])
+        grid[f"{box_thresh}/{unclip}"] = [result.matched, result.det_care, result.gt_care]
+    return grid
 
 
 def run_fold(job: tuple) -> dict:
@@ -84,6 +110,14 @@ def run_fold(job: tuple) -> dict:
         with tempfile.TemporaryDirectory() as scratch:
             tuned = result.save(Path(scratch) / "tuned.onnx")
             row["tuned"] = _evaluate(str(tuned), held_back, args.threads)
+            if args.box_grid:
+                # The trainer's own validation split, drawn as finetune draws it.
+                order = np.random.default_rng(args.seed).permutation(len(train))
+                kept = max(1, int(round(len(train) * args.val_fraction)))
+                val_names = {train[i].name for i in order[:kept]}
+                row["grid_val"] = _box_grid(str(tuned), [item for item in dataset if item[0] in val_names],
+                                            args.threads)
+                row["grid_held_back"] = _box_grid(str(tuned), held_back, args.threads)
     else:  # `edgedb train` writes nothing then: the user keeps the base
         row["tuned"] = row["base"]
     return row
@@ -100,6 +134,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="torch and inference threads per fold (default: cores / --parallel)")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="also run the folds with these settings changed (scale as MIN/MAX)")
+    parser.add_argument("--box-grid", action="store_true",
+                        help="also score the tuned model's boxes over a grid of box_thresh and unclip_ratio, on the "
+                             "trainer's validation split and on the held-back fold")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--name", default="defaults", help="what to call the settings of the flags in the report")
     args = parser.parse_args()
