@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_finetune import add_training_arguments  # this folder is on the path when run as a script
+from bench_finetune import add_training_arguments, evaluate_model  # this folder is on the path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -50,16 +50,6 @@ def _number(name: str) -> int:
 def fold_of(name: str, folds: int, total: int) -> int:
     """Contiguous blocks: img_1..(total/folds) is fold 0, and so on."""
     return (_number(name) - 1) * folds // total
-
-
-def _evaluate(model: str, held_back, threads: int) -> dict:
-    from edgedb import EdgeDetector
-    from edgedb.evaluation import evaluate
-
-    with EdgeDetector(model, threads=threads) as detector:
-        result = evaluate([(name, detector.detect(path), truth) for name, path, truth in held_back])
-    return {"precision": result.precision, "recall": result.recall, "hmean": result.hmean,
-            "counts": [result.matched, result.det_care, result.gt_care]}
 
 
 BOX_GRID = [(box_thresh, unclip) for box_thresh in (0.5, 0.6, 0.7) for unclip in (1.3, 1.5, 1.8)]
@@ -105,11 +95,11 @@ def run_fold(job: tuple) -> dict:
     result = finetune(train, None, base=args.base, progress=False, **options)
     row = {"variant": args.name, "fold": fold, "held_back": [held_back[0][0], held_back[-1][0]], "train_seconds": result.seconds,
            "best_step": result.best_step, "val_base": result.base.hmean, "val_best": result.best.hmean,
-           "base": _evaluate(str(resolve_model(args.base)), held_back, args.threads)}
+           "base": evaluate_model(str(resolve_model(args.base)), held_back, args.threads)}
     if result.improved:
         with tempfile.TemporaryDirectory() as scratch:
             tuned = result.save(Path(scratch) / "tuned.onnx")
-            row["tuned"] = _evaluate(str(tuned), held_back, args.threads)
+            row["tuned"] = evaluate_model(str(tuned), held_back, args.threads)
             if args.box_grid:
                 # The trainer's own validation split, drawn as finetune draws it.
                 order = np.random.default_rng(args.seed).permutation(len(train))

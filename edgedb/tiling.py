@@ -27,6 +27,7 @@ import numpy as np
 
 from edgedb.boxes import TextBox
 from edgedb.errors import InvalidInputError
+from edgedb.reference.boxes import order_quad
 
 DEFAULT_TILE_SIZE = 1280  # network pixels; bench/RESULTS.md, "Tiling"
 DEFAULT_TILE_OVERLAP = 256  # more than the tallest word expected at the detector's scale
@@ -93,7 +94,8 @@ def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], 
     owner = np.asarray(owner)
     bounds = np.array([[b.points[:, 0].min(), b.points[:, 1].min(), b.points[:, 0].max(), b.points[:, 1].max()]
                        for b in items], np.float64)  # x0, y0, x1, y1
-    rects = np.array([[t.x0, t.y0, t.x1, t.y1] for t in tiles], np.float64)[owner]
+    others = np.array([[t.x0, t.y0, t.x1, t.y1] for t in tiles], np.float64)
+    rects = others[owner]  # each box's own tile
     # Cut: near an edge of its tile that is not the image's edge.
     inner = np.stack([rects[:, 0] > 0, rects[:, 1] > 0, rects[:, 2] < width, rects[:, 3] < height], axis=1)
     # (a slanted word's rectangle ends short of the edge that cut it)
@@ -102,7 +104,6 @@ def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], 
                      bounds[:, 2] >= rects[:, 2] - margin, bounds[:, 3] >= rects[:, 3] - margin], axis=1)
     cut = (inner & near).any(axis=1)
     # A piece inside a tile other than its own: that tile saw all of it.
-    others = np.array([[t.x0, t.y0, t.x1, t.y1] for t in tiles], np.float64)
     contained = ((bounds[:, None, 0] >= others[None, :, 0]) & (bounds[:, None, 2] <= others[None, :, 2])
                  & (bounds[:, None, 1] >= others[None, :, 1]) & (bounds[:, None, 3] <= others[None, :, 3]))
     contained[np.arange(len(items)), owner] = False
@@ -161,7 +162,7 @@ def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], 
         if box_type == "poly":
             outline = cv2.convexHull(points.reshape(-1, 1, 2)).reshape(-1, 2)
         else:
-            outline = _clockwise_from_top_left(cv2.boxPoints(cv2.minAreaRect(points.reshape(-1, 1, 2))))
+            outline = order_quad(cv2.boxPoints(cv2.minAreaRect(points.reshape(-1, 1, 2))))  # as the core orders quads
         merged.append(TextBox(np.round(outline).astype(np.float32), score))
     return merged
 
@@ -181,11 +182,3 @@ def _shared_area(a: np.ndarray, b: np.ndarray) -> float:
     area, _ = cv2.intersectConvexConvex(hull_a, hull_b)
     return float(area)
 
-
-def _clockwise_from_top_left(corners: np.ndarray) -> np.ndarray:
-    """Four corners as the core orders quads: top-left, top-right, bottom-right, bottom-left."""
-    by_x = corners[np.argsort(corners[:, 0], kind="stable")]
-    left, right = by_x[:2], by_x[2:]
-    top_left, bottom_left = left[np.argsort(left[:, 1], kind="stable")]
-    top_right, bottom_right = right[np.argsort(right[:, 1], kind="stable")]
-    return np.array([top_left, top_right, bottom_right, bottom_left], np.float32)

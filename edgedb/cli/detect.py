@@ -12,9 +12,9 @@ from typing import Sequence
 from edgedb._files import atomic_output
 from edgedb.cli._common import (
     _add_detector_arguments,
+    _add_strict_argument,
     _bounded_float,
     _bounded_int,
-    _add_strict_argument,
     _check_output,
     _counted,
     _detector,
