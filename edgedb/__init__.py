@@ -16,6 +16,7 @@ from edgedb.errors import (
     InvalidInputTypeError,
     MissingDependencyError,
     ModelError,
+    ServingError,
 )
 from edgedb.spec import ModelSpec
 
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidInputTypeError",
     "MissingDependencyError",
     "ModelError",
+    "ServingError",
     "EdgeDetector",
     "ModelSpec",
     "TextBox",

@@ -29,3 +29,8 @@ class ModelError(EdgeDBError):
 class EngineError(ModelError):
     """A TensorRT engine or its sidecar is missing, damaged, or built for another TensorRT
     version or GPU; the message says how to rebuild it."""
+
+
+class ServingError(EdgeDBError):
+    """A Triton server could not be found, started or reached, or refused a request; the
+    message carries the server's own reason."""

@@ -9,6 +9,7 @@ box formation reads only the part of the map that covers the image.
 
 from __future__ import annotations
 
+import io
 import operator
 import os
 import re
@@ -240,25 +241,55 @@ def read_image(path: Union[str, Path], *, max_pixels: Optional[int] = None) -> n
         raise InvalidInputError(f"no image file at {path}")
     try:
         with open(path, "rb") as file:
-            kind, size = _header_size(file)
-            if not kind:
-                raise InvalidInputError(f"{path} is not an image OpenCV can read: its content starts as none of "
-                                        f"{', '.join(name for name, _, _ in _FORMATS)}")
-            if size is not None:
-                _check_pixels(path, *size, limit)
-            _check_complete(path, file)  # a file cut short is said as such, damaged header or not
-            if size is None:
-                raise InvalidInputError(f"{path} is not an image OpenCV can read: its {kind} header is damaged "
-                                        "(it holds no image size)")
+            _check_encoded(path, file, limit)
     except OSError as error:
         raise InvalidInputError(f"cannot read {path}: {error}") from None
+    return _decoded(path, lambda: cv2.imread(str(path), cv2.IMREAD_COLOR), limit)
+
+
+def decode_image(data: Union[bytes, bytearray, memoryview, np.ndarray], *, max_pixels: Optional[int] = None,
+                 name: str = "the encoded image") -> np.ndarray:
+    """``read_image`` for an image file's bytes in memory (a JPEG or PNG sent over the
+    network, say): the same format, size and truncation checks before any pixel is
+    decoded. ``name`` says which image in the errors.
+
+    Raises:
+        InvalidInputError: empty, over the pixel limit, truncated, or not an image OpenCV
+            can decode.
+    """
+    buffer = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
+    if buffer.dtype != np.uint8:
+        raise InvalidInputTypeError(f"{name} must be bytes or a uint8 array, not {buffer.dtype}")
+    if buffer.size == 0:
+        raise InvalidInputError(f"{name} is empty (0 bytes)")
+    limit = image_pixel_limit(max_pixels)
+    _check_encoded(name, io.BytesIO(buffer.tobytes() if not buffer.flags.c_contiguous else buffer.data), limit)
+    return _decoded(name, lambda: cv2.imdecode(buffer, cv2.IMREAD_COLOR), limit)
+
+
+def _check_encoded(label, file: BinaryIO, limit: int) -> None:
+    """What ``read_image`` checks before decoding: a known format, a size in its header
+    within ``limit``, a complete file."""
+    kind, size = _header_size(file)
+    if not kind:
+        raise InvalidInputError(f"{label} is not an image OpenCV can read: its content starts as none of "
+                                f"{', '.join(name for name, _, _ in _FORMATS)}")
+    if size is not None:
+        _check_pixels(label, *size, limit)
+    _check_complete(label, file)  # a file cut short is said as such, damaged header or not
+    if size is None:
+        raise InvalidInputError(f"{label} is not an image OpenCV can read: its {kind} header is damaged "
+                                "(it holds no image size)")
+
+
+def _decoded(label, decode, limit: int) -> np.ndarray:
     try:
-        decoded = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        decoded = decode()
     except cv2.error as error:  # e.g. over $OPENCV_IO_MAX_IMAGE_PIXELS, checked after ours
-        raise InvalidInputError(f"{path} cannot be decoded by OpenCV: {str(error).strip()}") from None
+        raise InvalidInputError(f"{label} cannot be decoded by OpenCV: {str(error).strip()}") from None
     if decoded is None:
-        raise InvalidInputError(f"{path} is not an image OpenCV can read")
-    _check_pixels(path, decoded.shape[1], decoded.shape[0], limit)  # a header that said less
+        raise InvalidInputError(f"{label} is not an image OpenCV can read")
+    _check_pixels(label, decoded.shape[1], decoded.shape[0], limit)  # a header that said less
     return decoded
 
 

@@ -25,7 +25,7 @@ LAYERS = [
     ("engine", ["edgedb.engine"]),
     ("backends", ["edgedb.backends"]),
     ("detector", ["edgedb.detector"]),
-    ("applications", ["edgedb.compare", "edgedb.video", "edgedb.bench", "edgedb.train"]),
+    ("applications", ["edgedb.compare", "edgedb.video", "edgedb.bench", "edgedb.train", "edgedb.serving"]),
     ("interfaces", ["edgedb.cli", "edgedb.__main__", "edgedb"]),
 ]
 
