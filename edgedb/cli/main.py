@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from edgedb.cli import bench, build, compare, detect, evaluate, quantize, rewrite, train
+from edgedb.cli import bench, build, compare, detect, evaluate, export, quantize, rewrite, serve, train
 from edgedb.cli._common import _in_cli_words
 from edgedb.errors import EdgeDBError
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser = command  # type: ignore[method-assign]
 
-    for module in (detect, evaluate, rewrite, quantize, compare, build, bench, train):
+    for module in (detect, evaluate, rewrite, quantize, compare, build, bench, train, export, serve):
         module.add_parser(commands)
     for subparser in commands.choices.values():
         subparser.set_defaults(cli_flags=_flags_of(subparser))

@@ -32,7 +32,7 @@ INSTALL_HINT = ("install one: run edgedb inside NVIDIA's Triton container (nvcr.
                 "pip install --no-deps --target \"$(python -c 'import sys; print(sys.prefix)')/opt/nvidia-pytriton\" "
                 "nvidia-pytriton==0.7.0 (what scripts/setup.sh does), or set $EDGEDB_TRITONSERVER to its path")
 #: Seconds Triton gets to finish in-flight requests at shutdown before it is killed.
-EXIT_TIMEOUT_S = 3
+EXIT_TIMEOUT_S = 1
 
 
 @dataclass(frozen=True)
