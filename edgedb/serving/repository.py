@@ -23,8 +23,8 @@ from edgedb._checks import thread_count
 from edgedb._files import save_onnx, write_atomically
 from edgedb._version import __version__
 from edgedb.errors import InvalidInputError
-from edgedb.preprocess import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
 from edgedb.models import DEFAULT_MODEL, is_engine_file, load_deployable
+from edgedb.preprocess import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
 from edgedb.serving.protocol import (
     DEFAULT_MODEL_NAME,
     INPUT_ENCODED,
