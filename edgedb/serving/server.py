@@ -14,10 +14,12 @@ import importlib.util
 import os
 import shutil
 import signal
+import logging
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,12 +29,16 @@ from typing import Optional, Union
 
 from edgedb.errors import InvalidInputError, ServingError
 
+log = logging.getLogger(__name__)
+
 ENV_TRITONSERVER = "EDGEDB_TRITONSERVER"
 INSTALL_HINT = ("install one: run edgedb inside NVIDIA's Triton container (nvcr.io/nvidia/tritonserver), or "
                 "pip install --no-deps --target \"$(python -c 'import sys; print(sys.prefix)')/opt/nvidia-pytriton\" "
                 "nvidia-pytriton==0.7.0 (what scripts/setup.sh does), or set $EDGEDB_TRITONSERVER to its path")
 #: Seconds Triton gets to finish in-flight requests at shutdown before it is killed.
 EXIT_TIMEOUT_S = 1
+#: How often the watchdog counts the Python-backend stubs.
+WATCH_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,10 @@ class TritonServer:
         http_port, grpc_port, metrics_port: 0 for metrics turns metrics off.
         tritonserver: the binary (default: ``find_tritonserver``).
         startup_timeout: seconds to wait for readiness before giving up.
+        watch: restart a model whose Python-backend stub died. Triton 2.51 neither restarts
+            a dead stub nor reports it in its health endpoints (requests fail, ready stays
+            200); with ``watch`` the server runs in explicit model-control mode and a
+            thread unloads the model (ready answers 400 meanwhile) and loads it again.
         log_file: where Triton's log goes (default: the server's scratch folder, removed at
             close); its tail is quoted if the server fails to start.
 
@@ -120,7 +130,7 @@ class TritonServer:
 
     def __init__(self, repository: Union[str, Path], *, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, tritonserver: Optional[Union[str, Path]] = None,
-                 startup_timeout: float = 120.0, log_file: Optional[Union[str, Path]] = None):
+                 startup_timeout: float = 120.0, watch: bool = True, log_file: Optional[Union[str, Path]] = None):
         self.repository = Path(repository)
         if not self.repository.is_dir():
             raise InvalidInputError(f"no model repository at {self.repository}; write one with export_triton")
@@ -133,8 +143,14 @@ class TritonServer:
         self.log_file = Path(log_file) if log_file else self._scratch / "tritonserver.log"
         self._process: Optional[subprocess.Popen] = None
         self.startup_seconds: Optional[float] = None
+        self.watch, self.restarts = watch, 0
+        self._stop = threading.Event()
+        self._watchdog: Optional[threading.Thread] = None
         try:
             self._start(startup_timeout)
+            if watch:
+                self._watchdog = threading.Thread(target=self._watch, name="edgedb-triton-watchdog", daemon=True)
+                self._watchdog.start()
         except BaseException:
             self.close()
             raise
@@ -152,6 +168,8 @@ class TritonServer:
                    f"--http-address={self.host}", f"--http-port={self.http_port}",
                    f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                    f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--allow-gpu-metrics=false"]
+        if self.watch:
+            command += ["--model-control-mode=explicit", "--load-model=*"]
         if self.metrics_port:
             command += [f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}"]
         else:
@@ -188,6 +206,49 @@ class TritonServer:
             time.sleep(0.1)
         raise ServingError(f"tritonserver was not ready within {timeout:.0f} s:\n{self.log_tail()}")
 
+    def stubs(self) -> dict[str, int]:
+        """Live Python-backend stubs of this server, counted per model folder."""
+        counts: dict[str, int] = {}
+        if self._process is None:
+            return counts
+        group = self._process.pid
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.getpgid(int(entry.name)) != group:
+                    continue
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ProcessLookupError):
+                continue
+            if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1:
+                model = Path(os.fsdecode(argv[1])).parent.parent.name  # .../<model>/<version>/model.py
+                counts[model] = counts.get(model, 0) + 1
+        return counts
+
+    def _watch(self) -> None:
+        expected = self.stubs()
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            if not self.alive():
+                return
+            found = self.stubs()
+            for model, count in expected.items():
+                if found.get(model, 0) < count and not self._stop.is_set():
+                    log.warning("a Python-backend stub of %s died: reloading the model", model)
+                    self._repository_call(model, "unload")  # ready answers 400 until the load ends
+                    self._repository_call(model, "load")
+                    self.restarts += 1
+            expected = {**expected, **{m: c for m, c in self.stubs().items() if c >= expected.get(m, 0)}}
+
+    def _repository_call(self, model: str, action: str) -> None:
+        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{model}/{action}",
+                                         data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=120):
+                pass
+        except (urllib.error.URLError, OSError) as error:
+            log.warning("could not %s %s: %s", action, model, error)
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_file.read_text(errors="replace").splitlines()
@@ -208,6 +269,9 @@ class TritonServer:
         return self._process.wait() if self._process else 0
 
     def close(self) -> None:
+        self._stop.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(WATCH_INTERVAL_S * 4)
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             try:
