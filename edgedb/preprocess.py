@@ -263,7 +263,7 @@ def decode_image(data: Union[bytes, bytearray, memoryview, np.ndarray], *, max_p
     if buffer.size == 0:
         raise InvalidInputError(f"{name} is empty (0 bytes)")
     limit = image_pixel_limit(max_pixels)
-    _check_encoded(name, io.BytesIO(buffer.tobytes() if not buffer.flags.c_contiguous else buffer.data), limit)
+    _check_encoded(name, io.BytesIO(buffer.data), limit)  # reshape(-1) made it contiguous
     return _decoded(name, lambda: cv2.imdecode(buffer, cv2.IMREAD_COLOR), limit)
 
 

@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from edgedb._checks import thread_count
+from edgedb._checks import integer_at_least, thread_count
 from edgedb._files import save_onnx, write_atomically
 from edgedb._version import __version__
 from edgedb.errors import InvalidInputError
+from edgedb.engine.sidecar import sidecar_path
 from edgedb.models import DEFAULT_MODEL, is_engine_file, load_deployable
 from edgedb.preprocess import DEFAULT_LIMIT_SIDE_LEN, DEFAULT_LIMIT_TYPE
 from edgedb.serving.protocol import (
@@ -103,8 +104,7 @@ def export_triton(
     for label, value, low in (("version", version, 1), ("max_batch", max_batch, 1), ("instances", instances, 1),
                               ("max_queue", max_queue, 1), ("queue_delay_us", queue_delay_us, 0),
                               ("max_pixels", max_pixels, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InvalidInputError(f"{label} must be a whole number of at least {low}, not {value!r}")
+        integer_at_least(label, value, low)
     if not name or not all(c.isalnum() or c in "_-" for c in name):
         raise InvalidInputError(f"name must be letters, digits, '_' or '-', not {name!r}")
     options = dict(detector_options or {})
@@ -123,7 +123,8 @@ def export_triton(
             raise InvalidInputError("an engine carries its precision; leave precision out")
         model_file = Path(model).name
         shutil.copyfile(model, folder / model_file)
-        for sidecar in Path(model).parent.glob(Path(model).name + "*.json"):
+        sidecar = sidecar_path(model)
+        if sidecar.is_file():
             shutil.copyfile(sidecar, folder / sidecar.name)
         spec_json = None
     else:

@@ -163,6 +163,10 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
+    @property
+    def _ready_url(self) -> str:
+        return f"http://{self.http_url}/v2/health/ready"
+
     def _command_and_env(self) -> tuple[list[str], dict]:
         command = [str(self.install.binary), f"--model-repository={self.repository}",
                    f"--http-address={self.host}", f"--http-port={self.http_port}",
@@ -195,12 +199,11 @@ class TritonServer:
             # its own session: a terminal's Ctrl-C reaches edgedb, which then stops the whole group
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
-        ready = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() - started < timeout:
             if self._process.poll() is not None:
                 raise ServingError(f"tritonserver exited with code {self._process.returncode} before it was ready:"
                                    f"\n{self.log_tail()}")
-            if _ready(ready):
+            if _ready(self._ready_url):
                 self.startup_seconds = time.monotonic() - started
                 return
             time.sleep(0.1)
@@ -227,7 +230,7 @@ class TritonServer:
         return counts
 
     def _watch(self) -> None:
-        expected = self.stubs()
+        expected = self.stubs()  # at readiness: one stub per instance of every model
         while not self._stop.wait(WATCH_INTERVAL_S):
             if not self.alive():
                 return
@@ -238,7 +241,6 @@ class TritonServer:
                     self._repository_call(model, "unload")  # ready answers 400 until the load ends
                     self._repository_call(model, "load")
                     self.restarts += 1
-            expected = {**expected, **{m: c for m, c in self.stubs().items() if c >= expected.get(m, 0)}}
 
     def _repository_call(self, model: str, action: str) -> None:
         request = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{model}/{action}",
@@ -262,7 +264,7 @@ class TritonServer:
         return self._process is not None and self._process.poll() is None
 
     def ready(self) -> bool:
-        return self.alive() and _ready(f"http://{self.http_url}/v2/health/ready")
+        return self.alive() and _ready(self._ready_url)
 
     def wait(self) -> int:
         """Blocks until the server exits on its own; its exit code."""
@@ -277,9 +279,7 @@ class TritonServer:
             try:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=EXIT_TIMEOUT_S + 2)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
+            except (subprocess.TimeoutExpired, ProcessLookupError):
                 pass
         if process is not None:
             try:  # stubs left by a server that died or overran its exit timeout

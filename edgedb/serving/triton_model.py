@@ -80,7 +80,7 @@ class TritonPythonModel:
                 responses.append(pb.InferenceResponse(error=pb.TritonError(errors[index])))
                 continue
             packed = pack_boxes(per_request.get(index, []))
-            responses.append(pb.InferenceResponse([pb.Tensor.from_dlpack(name, _dlpack_safe(array))
+            responses.append(pb.InferenceResponse([pb.Tensor.from_dlpack(name, array)
                                                    for name, array in packed.items()]))
         return responses
 
@@ -90,8 +90,3 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.detector.close()
-
-
-def _dlpack_safe(array: np.ndarray) -> np.ndarray:
-    """A contiguous array DLPack can carry (an empty one gets one element of storage)."""
-    return np.ascontiguousarray(array)
