@@ -7,6 +7,7 @@ import argparse
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from edgedb.cli._common import _add_repository_arguments, _bounded_int, _export_options
@@ -37,27 +38,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     find_tritonserver(args.tritonserver)  # before the export: no server, no work
     with tempfile.TemporaryDirectory(prefix="edgedb-repository-") as scratch:
         repository = export_triton(args.model, args.repository or Path(scratch), **_export_options(args))
-        stop = []
+        stop = threading.Event()
 
-        def on_signal(number, frame):
-            stop.append(number)
+        def interrupt(number, frame):  # while starting: stop the start at once
             raise KeyboardInterrupt
 
+        def on_signal(number, frame):  # once serving: only note it, so it cannot land mid-print
+            stop.set()
+
         # SIGINT too: a server started in the background by a script inherits SIGINT ignored
-        previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {number: signal.signal(number, interrupt) for number in signals}
         try:
             with TritonServer(repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                               metrics_port=args.metrics_port, tritonserver=args.tritonserver) as server:
+                for number in signals:
+                    signal.signal(number, on_signal)
                 print(f"serving {args.name} ({args.model}) after {server.startup_seconds:.1f} s: "
                       f"HTTP {server.http_url}, gRPC {server.grpc_url}"
                       + (f", metrics {args.host}:{args.metrics_port}/metrics" if args.metrics_port else "")
                       + f"; health: http://{server.http_url}/v2/health/ready; Ctrl-C stops", flush=True)
-                try:
-                    code = server.wait()
-                except KeyboardInterrupt:
+                while server.alive() and not stop.wait(0.2):
+                    pass
+                if stop.is_set():
                     print("edgedb serve: stopping", file=sys.stderr, flush=True)
                     return 0
-                print(f"edgedb serve: error: tritonserver exited with code {code}:\n{server.log_tail()}",
+                print(f"edgedb serve: error: tritonserver exited with code {server.wait()}:\n{server.log_tail()}",
                       file=sys.stderr)
                 return 2
         finally:
