@@ -153,6 +153,8 @@ def test_served_boxes_are_the_in_process_boxes(server, local, scenes, protocol, 
         assert all(_same(client.detect(scene), local.detect(scene)) for scene in scenes)
         served = client.detect_batch(scenes)  # four of one size in one request, one alone
         assert all(_same(s, local.detect(scene)) for s, scene in zip(served, scenes))
+        assert client.detect(np.zeros((64, 64, 3), np.uint8)) == []  # no text: no boxes, not an error
+        assert client.detect_batch([np.full((64, 64), 255, np.uint8)] * 2) == [[], []]
         path = tmp_path / "scene.png"
         cv2.imwrite(str(path), scenes[0])
         assert _same(client.detect(path), local.detect(scenes[0]))  # sent as file bytes

@@ -33,7 +33,9 @@ DEFAULT_MODEL_NAME = "edgedb_det"
 def pack_boxes(results: Sequence[Sequence[TextBox]]) -> dict[str, np.ndarray]:
     """Per-image box lists -> the four response tensors, each with the batch first."""
     batch = len(results)
-    most = max((len(boxes) for boxes in results), default=0)
+    # at least one (padded) slot: Triton's stub refuses zero-size DLPack tensors as "not
+    # contiguous", which failed every frame without text
+    most = max(1, max((len(boxes) for boxes in results), default=0))
     points = max((len(box.points) for boxes in results for box in boxes), default=4)
     packed = {
         OUTPUT_BOXES: np.full((batch, most, points, 2), np.nan, np.float32),
