@@ -1,6 +1,6 @@
 """Tiling very large images: does a mosaic keep the recall of its frames?
 
-    python bench/bench_tiling.py [--data DIR] [--grid 6] [--offset 0] [--threads 2] [--json OUT]
+    python bench/bench_tiling.py [--data DIR] [--grid 6] [--offset 0] [--gutter 0] [--threads 2] [--json OUT]
 
 Builds a mosaic of grid x grid real ICDAR 2015 frames (1280x720 each: 6x6 is 7680x4320),
 their ground truth shifted with them, and detects it three ways in one run:
@@ -30,19 +30,23 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
 
-def mosaic(items, grid: int):
+def mosaic(items, grid: int, gutter: int = 0):
+    """The frames of ``items`` on a grid x grid canvas, ``gutter`` black pixels between
+    neighbours, and their ground truth moved with them."""
     import cv2
 
     from edgedb.evaluation import GroundTruthBox
 
     images = [cv2.imread(str(path)) for _, path, _ in items]
     height, width = images[0].shape[:2]
-    canvas = np.zeros((grid * height, grid * width, 3), np.uint8)
+    step_y, step_x = height + gutter, width + gutter
+    canvas = np.zeros((grid * step_y - gutter, grid * step_x - gutter, 3), np.uint8)
     truth = []
     for index, (image, (_, _, boxes)) in enumerate(zip(images, items)):
         row, col = divmod(index, grid)
-        canvas[row * height:(row + 1) * height, col * width:(col + 1) * width] = cv2.resize(image, (width, height))
-        offset = np.array([col * width, row * height], np.float32)
+        y, x = row * step_y, col * step_x
+        canvas[y:y + height, x:x + width] = cv2.resize(image, (width, height))
+        offset = np.array([x, y], np.float32)
         truth += [GroundTruthBox(box.points + offset, box.text, box.dont_care) for box in boxes]
     return canvas, truth, images
 
@@ -61,6 +65,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tile-size", type=int)
     parser.add_argument("--tile-overlap", type=int)
+    parser.add_argument("--gutter", type=int, default=0,
+                        help="black pixels between the frames (default 0: edge to edge, where boxes can cross "
+                             "the junction of two unrelated photos, which frames alone cannot have)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -68,7 +75,7 @@ def main() -> int:
     from edgedb.evaluation import IcdarDataset, evaluate
 
     items = list(IcdarDataset(args.data / "icdar2015-dev" / "images"))[args.offset:args.offset + args.grid ** 2]
-    canvas, truth, images = mosaic(items, args.grid)
+    canvas, truth, images = mosaic(items, args.grid, args.gutter)
     tiling = {k: v for k, v in (("tile_size", args.tile_size), ("tile_overlap", args.tile_overlap)) if v}
     figures = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "mosaic": list(canvas.shape[:2]),
                "images": [items[0][0], items[-1][0]], "args": {k: str(v) for k, v in vars(args).items()}}
