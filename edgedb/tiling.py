@@ -10,11 +10,16 @@ wants, in overlapping tiles. Their boxes are mapped back to image pixels and mer
 
 So boxes of different tiles that overlap by a good part of the smaller one form a group
 (union-find; bounding boxes, vectorized, find the pairs that may touch, their polygons'
-intersection decides). A group whose largest box holds the others is that box (a tile saw
-the word whole); otherwise its boxes are pieces (a line longer than the overlap, a
-slanted word across a corner), and the word is the minimum-area rectangle, or the convex
-hull for polygons, of all of them. A piece alone, at a tile's inner edge and inside a
-tile that found nothing there, is dropped.
+intersection decides). Where tiles saw a group whole (their boxes in it span it, none at
+an inner edge), the group is the boxes of one of them: the one whose boxes score highest.
+Tiles see the same words with different surroundings and do not always agree: one keeps
+two close words apart, another joins them across the gap, and the join scores lower (its
+score is the mean probability inside it, the gap included). Taking the largest box, as
+once, kept the joins (`bench/RESULTS.md`, "Tiling"). Otherwise the group is pieces
+(a line longer than the overlap, a slanted word across a corner): the largest if it holds
+the others, else the minimum-area rectangle, or the convex hull for polygons, of all of
+them. A piece alone, at a tile's inner edge and inside a tile that found nothing there,
+is dropped.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ TILE_MODES = ("auto", "on", "off")
 _EDGE = 0.5  # of a box's smaller extent: that close to a tile's inner edge, the edge cut it
 _HELD = 0.8  # of a piece's area inside another box of its group: the other saw it whole
 _GROUP_OVERLAP = 0.2  # of the smaller box's bounding box: pieces of one word
+_SPAN = 0.8  # of a group's width and height: a tile's boxes that span it saw it whole
 
 
 @dataclass(frozen=True)
@@ -149,8 +155,19 @@ def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], 
             if not (cut[only] and contained[only]):  # a piece another tile saw all of, and found nothing at
                 merged.append(items[only])
             continue
-        # One member holding the others (a tile saw the word whole) is the word; else the
-        # members are pieces, and the word is their union.
+        # Tiles that saw the group whole: the boxes of the one that scores highest.
+        whole: dict[int, list[int]] = {}
+        for i in members:
+            whole.setdefault(int(owner[i]), []).append(i)
+        # (spanning the group: a piece the edge test missed, fading near its tile's edge, does not)
+        extent = _extent(bounds[members])
+        whole = {tile: boxes for tile, boxes in whole.items()
+                 if not cut[boxes].any() and np.all(_extent(bounds[boxes]) >= _SPAN * extent)}
+        if whole:
+            best = max(whole.values(), key=lambda boxes: float(np.mean([items[i].score for i in boxes])))
+            merged.extend(items[i] for i in best)
+            continue
+        # Pieces only: one holding the others is the word; else the word is their union.
         areas = {i: _polygon_area(items[i].points) for i in members}
         largest = max(members, key=areas.get)
         if all(_shared_area(items[i].points, items[largest].points) >= _HELD * areas[i]
@@ -165,6 +182,11 @@ def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], 
             outline = order_quad(cv2.boxPoints(cv2.minAreaRect(points.reshape(-1, 1, 2))))  # as the core orders quads
         merged.append(TextBox(np.round(outline).astype(np.float32), score))
     return merged
+
+
+def _extent(bounds: np.ndarray) -> np.ndarray:
+    """Width and height of the bounding box around ``(N, 4)`` x0, y0, x1, y1 bounds."""
+    return np.array([bounds[:, 2].max() - bounds[:, 0].min(), bounds[:, 3].max() - bounds[:, 1].min()])
 
 
 def _polygon_area(points: np.ndarray) -> float:

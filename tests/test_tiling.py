@@ -55,6 +55,28 @@ def test_a_word_cut_by_a_seam_becomes_the_neighbours_whole_view():
     assert len(merged) == 1 and np.array_equal(merged[0].points, whole.points)
 
 
+def test_where_two_tiles_disagree_on_two_close_words_the_higher_scoring_view_wins():
+    # Tile 0 keeps the words apart; tile 1 joins them across the gap, where the
+    # probability is low, so its box scores lower: the words stay two, whichever order.
+    apart = [_quad(88, 40, 98, 50, score=0.85), _quad(101, 40, 111, 50, score=0.82)]
+    joined = [_quad(87, 39, 112, 51, score=0.66)]
+    for boxes in ([apart, joined], [joined, apart]):
+        merged = merge_tile_boxes(TILES, boxes, (100, 200))
+        assert sorted(b.points[0, 0] for b in merged) == [88, 101]
+    # The join scoring higher is the join.
+    high = [_quad(87, 39, 112, 51, score=0.9)]
+    assert len(merge_tile_boxes(TILES, [apart, high], (100, 200))) == 1
+
+
+def test_a_piece_that_fades_before_the_edge_does_not_outvote_the_word():
+    # The piece ends 15 px short of its tile's edge (not seen as cut), but it spans a
+    # fraction of the word the other tile saw: the word wins, though the piece scores higher.
+    piece = _quad(100, 40, 105, 50, score=0.95)
+    word = _quad(90, 40, 150, 50, score=0.7)
+    merged = merge_tile_boxes([Tile(0, 0, 100, 120), Tile(0, 80, 100, 200)], [[piece], [word]], (100, 200))
+    assert len(merged) == 1 and np.array_equal(merged[0].points, word.points)
+
+
 def test_a_line_longer_than_the_overlap_cut_in_both_tiles_is_one_box_over_both():
     left, right = _quad(10, 40, 120, 52), _quad(80, 41, 190, 53)  # each touches its tile's inner edge
     merged = merge_tile_boxes(TILES, [[left], [right]], (100, 200))
