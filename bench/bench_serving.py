@@ -1,7 +1,8 @@
 """Serving on Triton against in-process detection, in one run, on real images.
 
     python bench/bench_serving.py [--data DIR] [--count 20] [--requests 800] [--clients 8]
-                                  [--instances 2] [--threads T] [--max-batch 8] [--json OUT]
+                                  [--instances 2] [--threads T] [--max-batch 8]
+                                  [--layouts throughput latency] [--json OUT]
 
 Measures, on the same 720p ICDAR 2015 frames (raw uint8 over HTTP, loopback):
 
@@ -11,7 +12,9 @@ Measures, on the same 720p ICDAR 2015 frames (raw uint8 over HTTP, loopback):
   ``detect_batch`` of ``--max-batch`` frames: what no server on these cores can beat;
 - two served layouts, each on its own server: the throughput layout (``--instances`` x
   ``--threads``, the export's default) and the latency layout (one instance on every core):
-  - one client: a request's p50/p99 (the goal: p50 within 10 ms of in-process);
+  - one client: a request's p50/p99 (the goal: p50 within 10 ms of in-process), and
+    the same requests in turn with in-process ``detect`` on the same frames, so drift in
+    the machine's speed over the run falls on both alike;
   - ``--clients`` concurrent clients (``--requests`` in all on the throughput layout, a
     tenth of them on the latency layout): images/s (the goal: >= 1.3x in-process),
     p50/p99, and every response's boxes checked against the in-process boxes of the same
@@ -68,6 +71,24 @@ def _timed(detect, frames, rounds: int) -> dict:
         detect(frame)
         latencies.append(time.perf_counter() - t)
     return {"images_per_s": round(len(latencies) / (time.perf_counter() - started), 2), **_percentiles(latencies)}
+
+
+def _paired(local, served, frames, rounds: int) -> dict:
+    """One request's latency, served against in-process, frame by frame in turn (the
+    machine's speed drifts over minutes; pairs see the same drift): both p50s and the p50
+    of the per-frame differences."""
+    for frame in frames[:3]:
+        local(frame), served(frame)
+    pairs = []
+    for frame in frames * rounds:
+        t = time.perf_counter()
+        local(frame)
+        middle = time.perf_counter()
+        served(frame)
+        pairs.append((middle - t, time.perf_counter() - middle))
+    here, there = np.array(pairs).T * 1000
+    return {"in_process_p50_ms": round(float(np.median(here)), 1), "served_p50_ms": round(float(np.median(there)), 1),
+            "difference_p50_ms": round(float(np.median(there - here)), 1), "pairs": len(pairs)}
 
 
 def _side_by_side(frames, count: int, threads: int, rounds: int) -> float:
@@ -162,6 +183,8 @@ def _served(layout: str, frames, instances: int, threads: int, args, baseline: f
     try:
         with TritonDetector(server.http_url) as client:
             report["one_client"] = _timed(client.detect, frames, args.rounds)
+            with EdgeDetector() as local:  # in-process single stream, as the baseline
+                report["one_client_paired"] = _paired(local.detect, client.detect, frames, args.rounds)
         requests = args.requests if layout == "throughput" else max(args.clients, args.requests // 10)
         report["concurrent"] = _concurrent(server.http_url, frames, expected, args.clients, requests)
         report["concurrent"]["x_in_process"] = round(report["concurrent"]["images_per_s"] / baseline, 2)
@@ -189,6 +212,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="threads per instance there (default: cores / instances)")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="passes over the images when timing (default 3)")
+    parser.add_argument("--layouts", nargs="+", choices=["throughput", "latency"], default=["throughput", "latency"],
+                        help="the served layouts to run (default both)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     paths = sorted(args.data.glob("*.jpg"))[: args.count]
@@ -205,8 +230,10 @@ def main() -> int:
                          "batched": _batched(frames, args.max_batch, args.rounds)}
     report["ceiling"]["x_in_process"] = round(max(report["ceiling"].values()) / baseline, 2)
     print("in-process", report["in_process"], "ceiling", report["ceiling"], flush=True)
-    report["throughput_layout"] = _served("throughput", frames, args.instances, threads, args, baseline)
-    report["latency_layout"] = _served("latency", frames, 1, cores, args, baseline)
+    if "throughput" in args.layouts:
+        report["throughput_layout"] = _served("throughput", frames, args.instances, threads, args, baseline)
+    if "latency" in args.layouts:
+        report["latency_layout"] = _served("latency", frames, 1, cores, args, baseline)
     with EdgeDetector() as local:  # again, after: the machine's swing over the run
         report["in_process_after"] = _timed(local.detect, frames, args.rounds)
     print(json.dumps(report, indent=1))
