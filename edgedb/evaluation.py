@@ -52,7 +52,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from edgedb.errors import InvalidInputError, InvalidInputTypeError, MissingDependencyError
+from edgedb._extras import import_optional
+from edgedb.errors import InvalidInputError, InvalidInputTypeError
 
 __all__ = [
     "DONT_CARE",
@@ -270,13 +271,7 @@ def load_icdar_gt(path: str | Path) -> list[GroundTruthBox]:
 
 
 def _shapely():
-    try:
-        import shapely
-    except ImportError:  # pragma: no cover - shapely is installed with edgedb[dev]
-        raise MissingDependencyError(
-            "evaluation needs shapely >= 2: pip install 'shapely>=2'"
-        ) from None
-    return shapely
+    return import_optional("shapely", "evaluation", "pip install 'shapely>=2'", name="shapely >= 2")
 
 
 def _as_points(item: Any, what: str) -> np.ndarray:

@@ -13,7 +13,7 @@ from edgedb import InvalidInputError, ModelError
 from edgedb.backends.onnxrt import OnnxRuntimeBackend
 from edgedb.cli import main
 from edgedb.engine.precision import model_precision, precision_model
-from edgedb.precision import quantize_best, to_float16
+from edgedb.precision import quantize_best
 from edgedb.precision.calibration import calibration_images, collect_stats
 from edgedb.preprocess import prepare_fixed
 from edgedb.synthetic import make_text_image

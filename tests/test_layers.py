@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edgedb"
 
 #: Lowest first. A module may import from its own layer and from the layers before it.
 LAYERS = [
-    ("foundation", ["edgedb.errors", "edgedb._version", "edgedb._native"]),
+    ("foundation", ["edgedb.errors", "edgedb._extras", "edgedb._version", "edgedb._native"]),
     ("basics", ["edgedb.spec", "edgedb._checks", "edgedb._files", "edgedb.memory"]),
     ("data", ["edgedb.preprocess", "edgedb.boxes", "edgedb.reference", "edgedb.evaluation", "edgedb.synthetic",
               "edgedb.visualize", "edgedb.sessions", "edgedb.sources", "edgedb.tiling"]),

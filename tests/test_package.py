@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -31,3 +33,16 @@ def test_public_api():
 
     for name in ("boxes_from_prob", "TextBox", "EdgeDBError", "InvalidInputError", "MissingDependencyError"):
         assert hasattr(edgedb, name)
+
+
+def test_a_missing_optional_dependency_names_what_needs_it_and_the_install(monkeypatch):
+    from edgedb._extras import import_optional
+    from edgedb.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match=r"^the TensorRT backend needs tensorrt, which is not installed: "
+                                                     r"pip install 'dbnet-edge\[tensorrt\]'"):
+        import_optional("tensorrt", "the TensorRT backend", "pip install 'dbnet-edge[tensorrt]'")
+    with pytest.raises(ImportError, match="fine-tuning needs PyTorch"):  # still an ImportError
+        import_optional("edgedb_no_such_package.sub", "fine-tuning", "pip install x", name="PyTorch")
+    assert import_optional("json", "anything", "nothing").dumps([]) == "[]"

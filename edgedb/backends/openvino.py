@@ -16,9 +16,10 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 
+from edgedb._extras import import_optional
 from edgedb._checks import thread_count
 from edgedb.backends.base import Backend, OversizedRuns
-from edgedb.errors import EdgeDBError, InvalidInputError, MissingDependencyError, ModelError
+from edgedb.errors import EdgeDBError, InvalidInputError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,7 @@ EXTRA = "pip install 'dbnet-edge[openvino]' (OpenVINO, for Intel and other x86/A
 
 def import_openvino():
     """Returns the openvino module, or raises MissingDependencyError naming the extra."""
-    try:
-        import openvino
-    except ImportError as error:
-        raise MissingDependencyError(f"the OpenVINO backend needs openvino, which is not installed: {EXTRA}") from error
-    return openvino
+    return import_optional("openvino", "the OpenVINO backend", EXTRA)
 
 
 INFERENCE_PRECISIONS = ("f32", "bf16")

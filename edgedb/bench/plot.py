@@ -8,22 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Union
 
+from edgedb._extras import import_optional
 from edgedb._files import atomic_output
 from edgedb.bench.runner import BenchmarkResult
-from edgedb.errors import InvalidInputError, MissingDependencyError
+from edgedb.errors import InvalidInputError
 
 STAGE_COLORS = {"preprocess": "#4c72b0", "infer": "#dd8452", "boxes": "#55a868"}
 
 
 def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise MissingDependencyError("--plot needs matplotlib, which is not installed: pip install matplotlib") from error
-    return plt
+    matplotlib = import_optional("matplotlib", "--plot", "pip install matplotlib")
+    matplotlib.use("Agg")  # files only: no display needed
+    return import_optional("matplotlib.pyplot", "--plot", "pip install matplotlib")
 
 
 def plot_results(results: Sequence[BenchmarkResult], path: Union[str, Path]) -> Path:

@@ -18,7 +18,8 @@ import threading
 import weakref
 from typing import Iterator
 
-from edgedb.errors import EdgeDBError, MissingDependencyError
+from edgedb._extras import import_optional
+from edgedb.errors import EdgeDBError
 
 
 EXTRA = ("pip install 'dbnet-edge[tensorrt]', or pip install -e '.[tensorrt]' in a checkout (TensorRT 10.x or 11.x and pycuda; on a Jetson "
@@ -27,19 +28,12 @@ EXTRA = ("pip install 'dbnet-edge[tensorrt]', or pip install -e '.[tensorrt]' in
 
 def import_tensorrt():
     """Returns the tensorrt module, or raises MissingDependencyError naming the extra."""
-    try:
-        import tensorrt
-    except ImportError as error:
-        raise MissingDependencyError(f"the TensorRT backend needs tensorrt, which is not installed: {EXTRA}") from error
-    return tensorrt
+    return import_optional("tensorrt", "the TensorRT backend", EXTRA)
 
 
 def import_pycuda_driver():
     """Returns pycuda.driver (initialized, no global context), or raises MissingDependencyError."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as error:
-        raise MissingDependencyError(f"the TensorRT backend needs pycuda, which is not installed: {EXTRA}") from error
+    cuda = import_optional("pycuda.driver", "the TensorRT backend", EXTRA)
     cuda.init()
     return cuda
 

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
 
-from edgedb.errors import InvalidInputError, InvalidInputTypeError, MissingDependencyError, ModelError
+from edgedb._extras import import_optional
+from edgedb.errors import InvalidInputError, InvalidInputTypeError, ModelError
 from edgedb.spec import METADATA_KEY, PRECISION_KEY, spec_from_metadata, store_spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,13 +77,8 @@ _RESIZE_FLOAT32_INPUTS = (1, 2)  # roi (float16 allowed, kept float32 anyway), s
 
 
 def _converter():
-    try:
-        from onnxconverter_common import float16
-    except ImportError as error:
-        raise MissingDependencyError(
-            "to_float16 needs onnxconverter-common, which is not installed: pip install 'onnxconverter-common>=1.16'"
-        ) from error
-    return float16
+    return import_optional("onnxconverter_common.float16", "to_float16", "pip install 'onnxconverter-common>=1.16'",
+                           name="onnxconverter-common")
 
 
 # ---------------------------------------------------------------------------- checks

@@ -13,23 +13,17 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from edgedb._extras import import_optional
 from edgedb.boxes import TextBox
-from edgedb.errors import InvalidInputError, InvalidInputTypeError, MissingDependencyError, ServingError
+from edgedb.errors import InvalidInputError, InvalidInputTypeError, ServingError
 from edgedb.serving.protocol import DEFAULT_MODEL_NAME, INPUT_ENCODED, INPUT_IMAGE, OUTPUTS, unpack_boxes
 
 EXTRA = "pip install 'dbnet-edge[serve]' (tritonclient[http,grpc])"
 
 
 def _import_client(protocol: str):
-    try:
-        if protocol == "grpc":
-            import tritonclient.grpc as client
-        else:
-            import tritonclient.http as client
-        from tritonclient.utils import InferenceServerException
-    except ImportError as error:
-        raise MissingDependencyError(f"the Triton client needs tritonclient, which is not installed: {EXTRA}") from error
-    return client, InferenceServerException
+    client = import_optional("tritonclient.grpc" if protocol == "grpc" else "tritonclient.http", "the Triton client", EXTRA)
+    return client, import_optional("tritonclient.utils", "the Triton client", EXTRA).InferenceServerException
 
 
 class TritonDetector:

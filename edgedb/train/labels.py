@@ -566,13 +566,9 @@ def make_labels(
 
 
 def _shapely():
-    try:
-        import shapely
-    except ImportError:  # pragma: no cover - shapely is an install requirement
-        from edgedb.errors import MissingDependencyError
+    from edgedb._extras import import_optional
 
-        raise MissingDependencyError("make_labels_reference needs shapely >= 2: pip install 'shapely>=2'") from None
-    return shapely
+    return import_optional("shapely", "make_labels_reference", "pip install 'shapely>=2'", name="shapely >= 2")
 
 
 def _offset_float(points: np.ndarray, distance: float) -> list[np.ndarray]:

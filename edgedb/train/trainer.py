@@ -18,9 +18,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from edgedb._extras import import_optional
 from edgedb._checks import integer_at_least, seed_value, thread_count
 from edgedb._files import save_onnx
-from edgedb.errors import InvalidInputError, MissingDependencyError, ModelError
+from edgedb.errors import InvalidInputError, ModelError
 from edgedb.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,7 @@ TRAIN_EXTRA = ("pip install 'dbnet-edge[train]', or pip install -e '.[train]' in
 
 
 def import_torch():
-    try:
-        import torch
-    except ImportError as error:
-        raise MissingDependencyError(f"fine-tuning needs PyTorch, which is not installed: {TRAIN_EXTRA}") from error
-    return torch
+    return import_optional("torch", "fine-tuning", TRAIN_EXTRA, name="PyTorch")
 
 
 def free_cores() -> int:
