@@ -1,9 +1,18 @@
-"""One-to-one matching of boxes by polygon IoU, for comparing box sets in tests."""
+"""Comparing box sets in tests: identical, or matched one to one by polygon IoU."""
 
 from __future__ import annotations
 
 import numpy as np
 from shapely.geometry import Polygon
+
+
+def assert_identical_boxes(ours, theirs, *, scores: bool = True) -> None:
+    """The same boxes in the same order, point for point (scores to float tolerance)."""
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a.points, b.points)
+        if scores:
+            assert abs(a.score - b.score) <= 1e-6 * max(1.0, abs(b.score))
 
 
 def polygon(points) -> Polygon:

@@ -109,3 +109,18 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU with TensorRT and pycuda (pip install -e '.[tensorrt]')")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def small_images():
+    """Four generated 360x640 text scenes: small frames keep the GPU-path tests quick."""
+    from edgedb.synthetic import make_text_image
+
+    return [make_text_image(seed, size=(360, 640)).image for seed in range(4)]
+
+
+@pytest.fixture(scope="session")
+def small_cpu_boxes(small_images):
+    """ONNX Runtime's boxes for ``small_images``: what every GPU path must give back."""
+    with EdgeDetector(backend="cpu", limit_type="max", limit_side_len=640, threads=2) as detector:
+        return [detector.detect(image) for image in small_images]

@@ -17,44 +17,26 @@ import pytest
 from edgedb import EdgeDetector, EngineError, InvalidInputError
 from edgedb.cli import main
 from edgedb.engine import read_sidecar, sidecar_path
-from edgedb.synthetic import make_text_image
+from boxmatch import assert_identical_boxes
 from fake_tensorrt import install
 
 # Small frames keep ONNX Runtime quick: 360x640 images -> 384x640 frames.
 SMALL = dict(limit_type="max", limit_side_len=640, image_sizes=[(360, 640)], threads=2)
 
 
-@pytest.fixture(scope="module")
-def images():
-    return [make_text_image(seed, size=(360, 640)).image for seed in range(3)]
-
-
-@pytest.fixture(scope="module")
-def cpu_boxes(images):
-    with EdgeDetector(backend="cpu", limit_type="max", limit_side_len=640, threads=2) as detector:
-        return [detector.detect(image) for image in images]
-
-
-def _same_boxes(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x.points, y.points)
-        assert x.score == pytest.approx(y.score)
-
-
-def test_detector_on_tensorrt_gives_onnxruntime_boxes_and_caches_its_engine(monkeypatch, images, cpu_boxes):
+def test_detector_on_tensorrt_gives_onnxruntime_boxes_and_caches_its_engine(monkeypatch, small_images, small_cpu_boxes):
     trt, cuda = install(monkeypatch)
     with EdgeDetector(backend="tensorrt", **SMALL) as detector:
         assert detector.backend_name == "tensorrt"
-        for image, expected in zip(images, cpu_boxes):
-            _same_boxes(detector.detect(image), expected)
+        for image, expected in zip(small_images, small_cpu_boxes):
+            assert_identical_boxes(detector.detect(image), expected)
         engine = detector._backend.engine_path
         times = detector._backend.last_times
         assert times.h2d_ms > 0 and times.compute_ms > 0 and times.d2h_ms > 0
     assert len(trt.builds) == 1 and trt.builds[0].profiles == [{"image": ((1, 384, 640, 3),) * 3}]
     assert trt.builds[0].network_flags == 2  # strongly typed: precision from the ONNX
     with EdgeDetector(backend="tensorrt", **SMALL) as again:  # from the cache: no second build
-        _same_boxes(again.detect(images[0]), cpu_boxes[0])
+        assert_identical_boxes(again.detect(small_images[0]), small_cpu_boxes[0])
     assert len(trt.builds) == 1
     assert read_sidecar(engine).precision == "fp32"
     # Every CUDA call ran with the context pushed (the fake checks); all of it was undone,
@@ -62,12 +44,12 @@ def test_detector_on_tensorrt_gives_onnxruntime_boxes_and_caches_its_engine(monk
     assert cuda.check_clean() == [] and cuda.retained == 1
 
 
-def test_outputs_survive_the_next_call_and_addresses_are_set_once(monkeypatch, images):
+def test_outputs_survive_the_next_call_and_addresses_are_set_once(monkeypatch, small_images):
     trt, _ = install(monkeypatch)
     with EdgeDetector(backend="tensorrt", **SMALL) as detector:
-        first = detector.probability_map(images[0])
+        first = detector.probability_map(small_images[0])
         kept = first.copy()
-        for image in images[1:] * 2:
+        for image in small_images[1:] * 2:
             detector.probability_map(image)
         np.testing.assert_array_equal(first, kept)
         backend = detector._backend
@@ -80,16 +62,16 @@ def test_outputs_survive_the_next_call_and_addresses_are_set_once(monkeypatch, i
         del context  # the test's reference must not outlive close()
 
 
-def test_stream_keeps_two_frames_in_flight_and_matches_detect(monkeypatch, images, cpu_boxes):
+def test_stream_keeps_two_frames_in_flight_and_matches_detect(monkeypatch, small_images, small_cpu_boxes):
     trt, cuda = install(monkeypatch)
     with EdgeDetector(backend="tensorrt", **SMALL) as detector:
-        streamed = list(detector.stream(images * 2))
-        broken = detector.stream([images[0], images[1], np.zeros((4, 4, 5), np.uint8)])
+        streamed = list(detector.stream(small_images * 2))
+        broken = detector.stream([small_images[0], small_images[1], np.zeros((4, 4, 5), np.uint8)])
         assert len(next(broken)) and len(next(broken))  # the frames before a bad one keep their boxes
         with pytest.raises(InvalidInputError):
             next(broken)
-        for boxes, expected in zip(streamed, cpu_boxes * 2):
-            _same_boxes(boxes, expected)
+        for boxes, expected in zip(streamed, small_cpu_boxes * 2):
+            assert_identical_boxes(boxes, expected)
         assert len(trt.contexts) == 2  # two slots, sharing one scratch allocation
         assert trt.contexts[0].device_memory == trt.contexts[1].device_memory
         executed = [entry[2] for entry in cuda.calls if entry[0] == "execute"]
@@ -99,18 +81,18 @@ def test_stream_keeps_two_frames_in_flight_and_matches_detect(monkeypatch, image
         assert sum(entry[0] == "wait_for_event" for entry in cuda.calls) == 2 * len(executed)
 
 
-def test_zero_copy_on_an_integrated_gpu(monkeypatch, images, cpu_boxes):
+def test_zero_copy_on_an_integrated_gpu(monkeypatch, small_images, small_cpu_boxes):
     trt, cuda = install(monkeypatch, integrated=True)
     with EdgeDetector(backend="tensorrt", **SMALL) as detector:
         assert detector._backend.zero_copy
-        _same_boxes(detector.detect(images[1]), cpu_boxes[1])
+        assert_identical_boxes(detector.detect(small_images[1]), small_cpu_boxes[1])
         assert detector._backend.last_times.h2d_ms == 0.0
     kinds = {entry[0] for entry in cuda.calls}
     assert "htod" not in kinds and "dtoh" not in kinds
     assert all(mapped for kind, _, mapped in (e for e in cuda.calls if e[0] == "pagelocked_empty"))
 
 
-def test_threads_and_two_detectors_do_not_disturb_each_other(monkeypatch, images, cpu_boxes):
+def test_threads_and_two_detectors_do_not_disturb_each_other(monkeypatch, small_images, small_cpu_boxes):
     install(monkeypatch)
     with EdgeDetector(backend="tensorrt", **SMALL) as one, EdgeDetector(backend="tensorrt", **SMALL) as two:
         results: dict = {}
@@ -118,7 +100,7 @@ def test_threads_and_two_detectors_do_not_disturb_each_other(monkeypatch, images
 
         def work(detector, index):
             try:
-                results[(id(detector), index)] = [detector.detect(images[index]) for _ in range(3)]
+                results[(id(detector), index)] = [detector.detect(small_images[index]) for _ in range(3)]
             except Exception as error:  # surfaced below
                 errors.append(error)
 
@@ -130,15 +112,15 @@ def test_threads_and_two_detectors_do_not_disturb_each_other(monkeypatch, images
         assert not errors
         for (_, index), runs in results.items():
             for boxes in runs:
-                _same_boxes(boxes, cpu_boxes[index])
+                assert_identical_boxes(boxes, small_cpu_boxes[index])
 
 
-def test_batches_are_split_to_the_engines_max_batch(monkeypatch, images, cpu_boxes):
+def test_batches_are_split_to_the_engines_max_batch(monkeypatch, small_images, small_cpu_boxes):
     install(monkeypatch)
     with EdgeDetector(backend="tensorrt", max_batch=2, **SMALL) as detector:
         assert detector._backend.max_batch == 2
-        for boxes, expected in zip(detector.detect_batch(images), cpu_boxes):
-            _same_boxes(boxes, expected)
+        for boxes, expected in zip(detector.detect_batch(small_images), small_cpu_boxes):
+            assert_identical_boxes(boxes, expected)
 
 
 def test_frames_outside_the_profile_say_how_to_rebuild(monkeypatch):
@@ -148,7 +130,7 @@ def test_frames_outside_the_profile_say_how_to_rebuild(monkeypatch):
             detector.detect(np.zeros((640, 360, 3), np.uint8))  # portrait: not a stated size
 
 
-def test_cli_build_records_its_options_and_reuses_the_timing_cache(monkeypatch, tmp_path, images, cpu_boxes, capsys):
+def test_cli_build_records_its_options_and_reuses_the_timing_cache(monkeypatch, tmp_path, small_images, small_cpu_boxes, capsys):
     trt, _ = install(monkeypatch)
     engine = tmp_path / "det.engine"
     args = ["build", "ppocrv4-det", "-o", str(engine), "--input-size", "384x640", "--workspace", "256",
@@ -168,7 +150,7 @@ def test_cli_build_records_its_options_and_reuses_the_timing_cache(monkeypatch, 
     assert "--input-size" not in sidecar.rebuild_command(engine) and "--min-shape 1x384x640" in sidecar.rebuild_command(engine)
     with EdgeDetector(model=str(engine), threads=2) as detector:  # a static engine letterboxes into its size
         assert detector.input_size == (384, 640) and detector.backend_name == "tensorrt"
-        _same_boxes(detector.detect(images[0]), cpu_boxes[0])
+        assert_identical_boxes(detector.detect(small_images[0]), small_cpu_boxes[0])
     with pytest.raises(InvalidInputError, match="built for input size 384x640"):
         EdgeDetector(model=str(engine), input_size=(320, 640))
     # One frame size with batches of 1 to 2 is still a fixed-size engine.
@@ -176,7 +158,7 @@ def test_cli_build_records_its_options_and_reuses_the_timing_cache(monkeypatch, 
     assert main(["build", "ppocrv4-det", "-o", str(batched), "--input-size", "384x640", "--max-batch", "2"]) == 0
     with EdgeDetector(model=str(batched), threads=2) as detector:
         assert detector.input_size == (384, 640) and detector._backend.max_batch == 2
-        _same_boxes(detector.detect_batch(images[:2])[0], cpu_boxes[0])
+        assert_identical_boxes(detector.detect_batch(small_images[:2])[0], small_cpu_boxes[0])
 
 
 def test_dla_builds_per_tensorrt_version(monkeypatch, tmp_path):
