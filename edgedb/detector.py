@@ -113,8 +113,9 @@ class EdgeDetector:
         threads: CPU threads for the backend, 1 .. this machine's cores (default: all cores).
         tile: ``"auto"`` (the default): an image that ``max_side_len`` alone would scale
             down runs instead at the scale the policy wants (at most 1), cut into overlapping tiles of
-            ``tile_size`` network pixels sharing at least ``tile_overlap``, run in batches of
-            ``tile_batch``, their boxes merged (``edgedb.tiling``): small text survives an 8K
+            ``tile_size`` network pixels (on TensorRT, no larger than the engine's profile
+            takes) sharing at least ``tile_overlap``, run in batches of ``tile_batch``
+            (at most the engine's ``max_batch``), their boxes merged (``edgedb.tiling``): small text survives an 8K
             frame. ``"on"`` (or True) tiles every image larger than one tile; ``"off"`` (or
             False) never tiles. ``detect``, ``detect_batch`` and ``stream`` tile;
             ``probability_map`` does not. Limit mode only (not with ``input_size``).
@@ -428,20 +429,24 @@ class EdgeDetector:
         otherwise be scaled up into thousands of tiles."""
         return min(1.0, policy_scale(height, width, self.limit_side_len, self.limit_type))
 
-    def _tiles(self, height: int, width: int) -> tuple[list[Tile], float, int]:
-        """The tiles of an image, the scale they run at, and their frame side."""
+    def _tiles(self, height: int, width: int) -> tuple[list[Tile], float, tuple[int, int]]:
+        """The tiles of an image, the scale they run at, and their frame (height, width):
+        ``tile_size`` square, or smaller where an engine's profile takes no larger frame."""
         scale = self._tile_scale(height, width)
-        side = -(-self.tile_size // self.spec.stride) * self.spec.stride
-        tile = max(1, int(side / scale))
-        overlap = min(tile // 2 - 1, math.ceil(self.tile_overlap / scale))
-        return tile_grid(height, width, tile, overlap), scale, side
+        stride = self.spec.stride
+        side = -(-self.tile_size // stride) * stride
+        largest = getattr(self._backend, "max_frame", None) or (side, side)
+        frame = tuple(max(stride, min(side, limit // stride * stride)) for limit in largest)
+        tile = tuple(max(1, int(length / scale)) for length in frame)
+        overlap = min(min(tile) // 2 - 1, math.ceil(self.tile_overlap / scale))
+        return tile_grid(height, width, tile, overlap), scale, frame
 
     def _detect_tiled(self, bgr: np.ndarray) -> list[TextBox]:
         """Tiles at the policy's scale, in batches; boxes mapped back and merged."""
         import cv2
 
         height, width = bgr.shape[:2]
-        tiles, scale, side = self._tiles(height, width)
+        tiles, scale, (frame_height, frame_width) = self._tiles(height, width)
         limit = min(self.tile_batch, getattr(self._backend, "max_batch", None) or self.tile_batch)
         found: list[list[TextBox]] = []
         for start in range(0, len(tiles), limit):
@@ -450,8 +455,8 @@ class EdgeDetector:
             for tile in batch:
                 crop = bgr[tile.y0:tile.y1, tile.x0:tile.x1]
                 th, tw = crop.shape[:2]
-                ch, cw = min(side, max(1, round(th * scale))), min(side, max(1, round(tw * scale)))
-                frame = np.zeros((side, side, 3), np.uint8)
+                ch, cw = min(frame_height, max(1, round(th * scale))), min(frame_width, max(1, round(tw * scale)))
+                frame = np.zeros((frame_height, frame_width, 3), np.uint8)
                 frame[:ch, :cw] = crop if (ch, cw) == (th, tw) else cv2.resize(crop, (cw, ch),
                                                                                 interpolation=cv2.INTER_LINEAR)
                 prepared.append(PreparedFrame(frame, (ch, cw), (th, tw)))

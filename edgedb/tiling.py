@@ -77,10 +77,12 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * step) for i in range(count)]
 
 
-def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    """Overlapping tiles of at most ``tile`` x ``tile`` pixels covering the image, row by row."""
-    rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
-    return [Tile(y, x, min(height, y + tile), min(width, x + tile)) for y in rows for x in cols]
+def tile_grid(height: int, width: int, tile, overlap: int) -> list[Tile]:
+    """Overlapping tiles of at most ``tile`` x ``tile`` pixels (or ``(tile_height,
+    tile_width)``) covering the image, row by row."""
+    tile_height, tile_width = (tile, tile) if np.isscalar(tile) else tile
+    rows, cols = _starts(height, tile_height, overlap), _starts(width, tile_width, overlap)
+    return [Tile(y, x, min(height, y + tile_height), min(width, x + tile_width)) for y in rows for x in cols]
 
 
 def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], image_size: tuple[int, int],

@@ -17,6 +17,8 @@ import pytest
 from edgedb import EdgeDetector, EngineError, InvalidInputError
 from edgedb.cli import main
 from edgedb.engine import read_sidecar, sidecar_path
+from edgedb.synthetic import make_text_image
+
 from boxmatch import assert_identical_boxes
 from fake_tensorrt import install
 
@@ -121,6 +123,24 @@ def test_batches_are_split_to_the_engines_max_batch(monkeypatch, small_images, s
         assert detector._backend.max_batch == 2
         for boxes, expected in zip(detector.detect_batch(small_images), small_cpu_boxes):
             assert_identical_boxes(boxes, expected)
+
+
+def test_tiles_fit_the_engines_profile(monkeypatch):
+    # An engine built for 360x640 images takes frames up to 384x640: a large image is cut
+    # into tiles that size, not the 640x640 that tile_size asks for, and gives the boxes
+    # ONNX Runtime gives with the same tiles.
+    install(monkeypatch)
+    options = dict(limit_type="min", limit_side_len=360, threads=2, tile="on", tile_size=640, tile_overlap=96)
+    image = make_text_image(7, size=(1000, 1700), words=(30, 30)).image
+    with EdgeDetector(backend="tensorrt", image_sizes=[(360, 640)], **options) as detector:
+        assert detector._backend.max_frame == (384, 640)
+        tiles, _, frame = detector._tiles(*image.shape[:2])
+        assert frame == (384, 640) and all(t.y1 - t.y0 <= 384 and t.x1 - t.x0 <= 640 for t in tiles)
+        tiled = detector.detect(image)
+    with EdgeDetector(backend="cpu", **options) as cpu:
+        cpu._backend.max_frame = (384, 640)  # the same tiles
+        assert_identical_boxes(tiled, cpu.detect(image))
+    assert len(tiled) >= 10
 
 
 def test_frames_outside_the_profile_say_how_to_rebuild(monkeypatch):

@@ -222,6 +222,13 @@ class TensorRTBackend(Backend):
         """The largest batch the engine's profile takes."""
         return min(int(maximum[0]) for _, _, maximum in self.profile_shapes.values())
 
+    @property
+    def max_frame(self) -> tuple[int, int]:
+        """(height, width) of the largest frame the engine's profile takes (EdgeDetector
+        cuts tiles no larger)."""
+        _, _, maximum = next(iter(self.profile_shapes.values()))
+        return (int(maximum[1]), int(maximum[2])) if maximum[-1] == 3 else (int(maximum[2]), int(maximum[3]))
+
     def _new_slot(self) -> _Slot:
         strategy = self._trt.ExecutionContextAllocationStrategy.USER_MANAGED
         context = self._engine.create_execution_context(strategy)
