@@ -158,8 +158,8 @@ def finetune(
         loss: ``"db"`` (Ls + Lb + 10 Lt, with a threshold head) or ``"prob"`` (Ls only).
         binary_loss: ``"dice"`` or ``"bce"`` for Lb.
         scale: range of the random scale of the crops (log-uniform; 1 is the size the
-            detector runs images at). Defaults (bench/RESULTS.md): 200 steps of 4 crops of
-            512 px at 3e-4, BCE for Lb, scale 0.7..1.4 — about 4.5 minutes on 2 CPU cores.
+            detector runs images at). Defaults (bench/RESULTS.md, chosen by cross-validation):
+            200 steps of 8 crops of 384 px at 3e-4, BCE for Lb, scale 0.7..1.4, EMA 0.95.
         ema: decay of the moving average of the weights that is validated and exported
             (0 for the raw weights).
         freeze: fraction of the base's weights, from the input on, kept fixed.
