@@ -120,7 +120,7 @@ def main() -> int:
     parser.add_argument("--only", type=int, nargs="*", help="run these folds only (0-based)")
     parser.add_argument("--parallel", type=int, default=1)
     add_training_arguments(parser)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--threads", type=int, help="torch and inference threads per fold (default: cores / --parallel)")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="also run the folds with these settings changed (scale as MIN/MAX)")

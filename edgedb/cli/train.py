@@ -31,7 +31,7 @@ def add_parser(commands) -> None:
     train.add_argument("--images", type=Path, required=True, help="training images (ICDAR 2015 layout) or a "
                        "PaddleOCR label file (image<TAB>[{\"points\": ...}])")
     train.add_argument("--gt", type=Path, help="ground-truth folder (gt_<image>.txt); default: beside the images")
-    train.add_argument("--val-images", type=Path, help="validation images (default: 20%% of the training images)")
+    train.add_argument("--val-images", type=Path, help="validation images (default: 10%% of the training images)")
     train.add_argument("--val-gt", type=Path, help="validation ground truth (default: beside the validation images)")
     train.add_argument("--base", default="ppocrv4-det", help="zoo name or DBNet ONNX to start from (default ppocrv4-det)")
     train.add_argument("--steps", type=_count, default=200, help="optimizer steps (default 200)")

@@ -140,7 +140,7 @@ def finetune(
     ema: float = 0.95,
     freeze: float = 0.0,
     val_every: Optional[int] = None,
-    val_fraction: float = 0.2,
+    val_fraction: float = 0.1,
     threads: Optional[int] = None,
     device: Optional[str] = None,
     seed: int = 0,
