@@ -158,15 +158,15 @@ def merge_tile_boxes(tiles: Sequence[Tile], boxes: Sequence[Sequence[TextBox]], 
                 merged.append(items[only])
             continue
         # Tiles that saw the group whole: the boxes of the one that scores highest.
-        whole: dict[int, list[int]] = {}
+        by_tile: dict[int, list[int]] = {}
         for i in members:
-            whole.setdefault(int(owner[i]), []).append(i)
+            by_tile.setdefault(int(owner[i]), []).append(i)
         # (spanning the group: a piece the edge test missed, fading near its tile's edge, does not)
         extent = _extent(bounds[members])
-        whole = {tile: boxes for tile, boxes in whole.items()
-                 if not cut[boxes].any() and np.all(_extent(bounds[boxes]) >= _SPAN * extent)}
+        whole = [boxes for boxes in by_tile.values()
+                 if not cut[boxes].any() and np.all(_extent(bounds[boxes]) >= _SPAN * extent)]
         if whole:
-            best = max(whole.values(), key=lambda boxes: float(np.mean([items[i].score for i in boxes])))
+            best = max(whole, key=lambda boxes: float(np.mean([items[i].score for i in boxes])))
             merged.extend(items[i] for i in best)
             continue
         # Pieces only: one holding the others is the word; else the word is their union.

@@ -226,8 +226,11 @@ class TensorRTBackend(Backend):
     def max_frame(self) -> tuple[int, int]:
         """(height, width) of the largest frame the engine's profile takes (EdgeDetector
         cuts tiles no larger)."""
+        from edgedb.engine.profiles import frame_dims
+
         _, _, maximum = next(iter(self.profile_shapes.values()))
-        return (int(maximum[1]), int(maximum[2])) if maximum[-1] == 3 else (int(maximum[2]), int(maximum[3]))
+        _, height, width = frame_dims(maximum, self.sidecar.profiles[0].layout)  # the engine's shape, in the built layout
+        return height, width
 
     def _new_slot(self) -> _Slot:
         strategy = self._trt.ExecutionContextAllocationStrategy.USER_MANAGED

@@ -60,6 +60,7 @@ import numpy as np
 import pyclipper
 
 from edgedb import _native
+from edgedb._extras import import_optional
 from edgedb.errors import InvalidInputError, InvalidInputTypeError
 
 __all__ = ["DBLabels", "make_labels", "make_labels_reference"]
@@ -566,8 +567,6 @@ def make_labels(
 
 
 def _shapely():
-    from edgedb._extras import import_optional
-
     return import_optional("shapely", "make_labels_reference", "pip install 'shapely>=2'", name="shapely >= 2")
 
 
