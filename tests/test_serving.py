@@ -280,3 +280,180 @@ def test_edgedb_serve_prints_its_endpoints_and_stops_cleanly_on_sigint(tmp_path)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# -- the ensemble layout ------------------------------------------------------------
+
+# The wheel's tritonserver has the Python backend only, so the ensemble's network step
+# (onnxruntime_onnx in the exported config) runs here as a Python model with the same
+# name, inputs, outputs and batching, on edgedb's own ONNX Runtime backend: what is tested
+# is everything edgedb writes and runs around the network.
+_NET_STAND_IN = '''
+import numpy as np
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from pathlib import Path
+
+        import triton_python_backend_utils as pb
+        from edgedb.backends import create_backend
+
+        self._pb = pb
+        self.backend = create_backend("onnxruntime", str(Path(args["model_repository"]) / args["model_version"] /
+                                                         "model.onnx"), threads=1)
+        self.input = self.backend.input_names[0]
+
+    def execute(self, requests):
+        pb, responses = self._pb, []
+        for request in requests:
+            frames = np.from_dlpack(pb.get_input_tensor_by_name(request, self.input))
+            prob = self.backend.infer({self.input: frames})["prob"]
+            responses.append(pb.InferenceResponse([pb.Tensor.from_dlpack("prob", np.ascontiguousarray(prob))]))
+        return responses
+'''
+
+
+def test_the_ensemble_steps_size_frames_and_form_boxes_as_the_detector_does(local, scenes):
+    from edgedb.serving.ensemble_steps import prepare_request, request_boxes
+
+    options = {"limit_side_len": local.limit_side_len, "limit_type": local.limit_type,
+               "max_side_len": local.max_side_len, "stride": local.spec.stride, "input_size": None}
+    frames, info = prepare_request([scenes[0], scenes[1]], options)
+    assert frames.shape == (2, 736, 1312, 3) and info.tolist() == [[736, 1308, 360, 640]] * 2
+    prob = np.stack([local._infer([frame])[0] for frame in frames])[:, None]
+    found = request_boxes(prob, info, dict(local._box_options))
+    assert all(_same(f, local.detect(scene)) for f, scene in zip(found, scenes[:2]))
+    with pytest.raises(InvalidInputError, match="FRAME"):
+        request_boxes(prob, info[:1], dict(local._box_options))
+    with pytest.raises(InvalidInputError, match="says"):
+        request_boxes(prob, info * 2, dict(local._box_options))
+
+
+def test_the_ensemble_layout_is_four_models_triton_can_read(tmp_path):
+    from edgedb.serving import export_triton
+
+    repository = export_triton("ppocrv4-det", tmp_path / "repo", layout="ensemble", instances=2, threads=1,
+                               max_batch=4, detector_options={"box_thresh": 0.5, "limit_side_len": 640})
+    names = {p.name for p in repository.iterdir()}
+    assert names == {"edgedb_det", "edgedb_det_pre", "edgedb_det_net", "edgedb_det_post"}
+    ensemble = (repository / "edgedb_det" / "config.pbtxt").read_text()
+    for line in ('platform: "ensemble"', 'model_name: "edgedb_det_net"', 'output_map { key: "COUNTS"'):
+        assert line in ensemble
+    net = (repository / "edgedb_det_net" / "config.pbtxt").read_text()
+    for line in ('platform: "onnxruntime_onnx"', "max_batch_size: 4", 'dims: [ -1, -1, 3 ]',
+                 '"intra_op_thread_count" value: { string_value: "1" }'):
+        assert line in net
+    assert (repository / "edgedb_det_net" / "1" / "model.onnx").is_file()
+    assert '\\"box_thresh\\": 0.5' in (repository / "edgedb_det_post" / "config.pbtxt").read_text()
+    assert '\\"limit_side_len\\": 640' in (repository / "edgedb_det_pre" / "config.pbtxt").read_text()
+    with pytest.raises(InvalidInputError, match="not tile"):
+        export_triton("ppocrv4-det", tmp_path / "r2", layout="ensemble", detector_options={"tile": "on"})
+    with pytest.raises(InvalidInputError, match="build an engine"):
+        export_triton("ppocrv4-det", tmp_path / "r3", layout="ensemble", backend="tensorrt")
+    with pytest.raises(InvalidInputError, match="box_thresh"):
+        export_triton("ppocrv4-det", tmp_path / "r4", layout="ensemble", detector_options={"box_thresh": 2.0})
+    with pytest.raises(InvalidInputError, match="layout must be"):
+        export_triton("ppocrv4-det", tmp_path / "r5", layout="graph")
+
+
+def test_an_engine_becomes_the_ensembles_tensorrt_plan_step(tmp_path):
+    import hashlib
+
+    from edgedb.engine.profiles import limit_profile
+    from edgedb.engine.sidecar import DeviceInfo, EngineSidecar, write_engine
+    from edgedb.serving import export_triton
+    from edgedb.spec import ModelSpec
+
+    def engine(name: str, profile) -> Path:
+        plan, path = b"\x00plan" * 64, tmp_path / name
+        write_engine(path, plan, EngineSidecar(
+            edgedb_version="0.1.0", device=DeviceInfo("10.3.0.30", "Orin (nvgpu)", (8, 7)), precision="fp16",
+            profiles=(profile,), spec=ModelSpec(input_name="image", prob_output="prob", fused_preprocessing=True),
+            source_onnx="ppocrv4-det", source_sha256="ab" * 32, engine_sha256=hashlib.sha256(plan).hexdigest(),
+            engine_bytes=len(plan)))
+        return path
+
+    batched = engine("det-b4.engine", limit_profile(max_batch=4))
+    repository = export_triton(batched, tmp_path / "repo", layout="ensemble", max_batch=4, instances=1)
+    net = repository / "edgedb_det_net"
+    config = (net / "config.pbtxt").read_text()
+    for line in ('platform: "tensorrt_plan"', "kind: KIND_GPU", 'name: "image" data_type: TYPE_UINT8',
+                 "max_batch_size: 4"):
+        assert line in config
+    assert "intra_op_thread_count" not in config
+    assert {p.name for p in (net / "1").iterdir()} == {"model.plan", "det-b4.engine.json"}
+    with pytest.raises(InvalidInputError, match="profile batches 1..4"):
+        export_triton(batched, tmp_path / "r2", layout="ensemble", max_batch=8)
+    plain = engine("plain.engine", limit_profile(layout="NCHW"))
+    with pytest.raises(InvalidInputError, match="NCHW"):
+        export_triton(plain, tmp_path / "r3", layout="ensemble", max_batch=1)
+    with pytest.raises(InvalidInputError, match="precision"):
+        export_triton(batched, tmp_path / "r4", layout="ensemble", max_batch=1, precision="int8")
+
+
+def test_edgedb_export_triton_layout_ensemble(tmp_path, capsys):
+    from edgedb.cli import main
+
+    assert main(["export", "triton", "ppocrv4-det", "-o", str(tmp_path / "repo"), "--layout", "ensemble",
+                 "--max-batch", "2", "--box-thresh", "0.55"]) == 0
+    assert "edgedb_det_net" in capsys.readouterr().out
+    assert "max_batch_size: 2" in (tmp_path / "repo" / "edgedb_det_net" / "config.pbtxt").read_text()
+    assert "0.55" in (tmp_path / "repo" / "edgedb_det_post" / "config.pbtxt").read_text()
+
+
+def test_a_server_without_the_networks_backend_is_refused_before_it_starts(tmp_path):
+    install = _server_or_skip()
+    from edgedb.serving import TritonServer, export_triton
+
+    repository = export_triton("ppocrv4-det", tmp_path / "repo", layout="ensemble")
+    if install.backends() is not None and "onnxruntime" in install.backends():
+        pytest.skip("this tritonserver has the ONNX Runtime backend")
+    with pytest.raises(ServingError, match="needs Triton's onnxruntime backend.*--layout python"):
+        TritonServer(repository, http_port=_free_ports(1)[0], metrics_port=0)
+
+
+@pytest.mark.slow
+def test_the_ensemble_serves_the_in_process_boxes(tmp_path, local, scenes):
+    _server_or_skip()
+    from edgedb.serving import TritonDetector, TritonServer, export_triton
+
+    repository = export_triton("ppocrv4-det", tmp_path / "repo", layout="ensemble", instances=1, threads=1,
+                               max_pixels=4_000_000)
+    net = repository / "edgedb_det_net"
+    config = (net / "config.pbtxt").read_text()
+    (net / "config.pbtxt").write_text(config.replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
+    preamble = (repository / "edgedb_det_pre" / "1" / "model.py").read_text().rsplit("\nfrom edgedb", 1)[0]
+    (net / "1" / "model.py").write_text(preamble + _NET_STAND_IN)
+    http, grpc = _free_ports(2)
+    with TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=0) as server:
+        with TritonDetector(server.http_url) as client:
+            assert not client.takes_encoded
+            assert all(_same(client.detect(scene), local.detect(scene)) for scene in scenes)
+            served = client.detect_batch(scenes)  # four of one size in one request, one alone
+            assert all(_same(s, local.detect(scene)) for s, scene in zip(served, scenes))
+            assert client.detect(np.zeros((64, 64, 3), np.uint8)) == []
+            path = tmp_path / "scene.png"
+            cv2.imwrite(str(path), scenes[2])
+            assert _same(client.detect(path), local.detect(scenes[2]))  # decoded here, sent as a frame
+            with pytest.raises(InvalidInputError, match="frames only"):
+                client.detect_encoded(path.read_bytes())
+            with pytest.raises(ServingError, match="over this model's limit"):
+                client.detect(np.zeros((2100, 2100, 3), np.uint8))
+            assert _same(client.detect(scenes[1]), local.detect(scenes[1]))  # still serving
+        expected = [local.detect(scene) for scene in scenes]
+        wrong = []
+
+        def client_loop(worker: int):
+            with TritonDetector(server.http_url) as client:
+                for step in range(4):
+                    index = (worker + step) % len(scenes)
+                    if not _same(client.detect(scenes[index]), expected[index]):
+                        wrong.append((worker, step))
+
+        threads = [threading.Thread(target=client_loop, args=(w,)) for w in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not wrong

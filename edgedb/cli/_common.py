@@ -452,6 +452,10 @@ def _add_repository_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"max: longer side at most the limit; min: shorter side at least (default {DEFAULT_LIMIT_TYPE})")
     group.add_argument("--box-thresh", type=_bounded_float(0, 1), help="minimum box score (default the detector's)")
     group.add_argument("--box-type", choices=["quad", "poly"], help="rectangles or polygons (default quad)")
+    group.add_argument("--layout", choices=["python", "ensemble"], default="python",
+                       help="python: EdgeDetector in each instance (default); ensemble: Triton runs the network "
+                            "(a TensorRT engine, or the ONNX on its ONNX Runtime backend) between a Python resize "
+                            "step and a box-formation step; IMAGE input only, no tiling")
 
 
 def _export_options(args: argparse.Namespace) -> dict:
@@ -461,4 +465,5 @@ def _export_options(args: argparse.Namespace) -> dict:
                      if value is not None})
     return dict(name=args.name, backend=args.backend, precision=args.precision, calib=args.calib,
                 max_batch=args.max_batch, instances=args.instances, threads=args.threads, max_queue=args.max_queue,
-                queue_delay_us=args.queue_delay_us, max_pixels=args.max_pixels, detector_options=detector)
+                queue_delay_us=args.queue_delay_us, max_pixels=args.max_pixels, detector_options=detector,
+                layout=args.layout)

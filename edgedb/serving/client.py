@@ -3,7 +3,9 @@ repository from ``export_triton``), so moving from in-process to served is one l
 
 HTTP or gRPC through ``tritonclient`` (the ``serve`` extra: ``pip install
 'dbnet-edge[serve]'``), imported on first use. Arrays are sent raw (uint8 frames);
-image paths are sent as their file bytes (``ENCODED``), decoded by the server.
+image paths are sent as their file bytes (``ENCODED``), decoded by the server, where the
+served model takes them (the ``python`` layout); otherwise (the ``ensemble`` layout) they
+are decoded here and sent as frames.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from edgedb._extras import import_optional
 from edgedb.boxes import TextBox
 from edgedb.errors import InvalidInputError, InvalidInputTypeError, ServingError
+from edgedb.preprocess import read_image
 from edgedb.serving.protocol import DEFAULT_MODEL_NAME, INPUT_ENCODED, INPUT_IMAGE, OUTPUTS, unpack_boxes
 
 EXTRA = "pip install 'dbnet-edge[serve]' (tritonclient[http,grpc])"
@@ -63,11 +66,21 @@ class TritonDetector:
         if not ready:
             self.close()
             raise ServingError(f"the Triton server at {url} has no ready model {model_name!r}")
+        try:
+            metadata = (self._client.get_model_metadata(model_name) if protocol == "http"
+                        else self._client.get_model_metadata(model_name, as_json=True))
+        except self._server_error as error:
+            self.close()
+            raise ServingError(f"cannot read {model_name!r}'s metadata at {url}: {error.message()}") from None
+        #: Whether the served model decodes image files itself (ENCODED), or takes frames only.
+        self.takes_encoded = INPUT_ENCODED in {item["name"] for item in metadata.get("inputs", [])}
 
     def detect(self, image: Union[np.ndarray, str, Path]) -> list[TextBox]:
         """Text boxes of one image: a BGR uint8 array (H, W, 3; gray or BGRA too) or an
         image file's path (sent encoded)."""
         if isinstance(image, (str, Path)):
+            if not self.takes_encoded:
+                return self._infer(INPUT_IMAGE, read_image(image)[None])[0]
             return self.detect_encoded(Path(image).read_bytes())
         return self._infer(INPUT_IMAGE, _as_frame(image)[None])[0]
 
@@ -75,6 +88,9 @@ class TritonDetector:
         """Text boxes of one JPEG/PNG file's bytes, decoded by the server."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise InvalidInputTypeError(f"detect_encoded takes bytes, not {type(data).__name__}")
+        if not self.takes_encoded:
+            raise InvalidInputError(f"{self.model_name} takes frames only (IMAGE; an ensemble layout): decode the "
+                                    "file first (edgedb.preprocess.decode_image) and call detect()")
         return self._infer(INPUT_ENCODED, np.frombuffer(data, np.uint8)[None])[0]
 
     def detect_batch(self, images: Sequence[Union[np.ndarray, str, Path]]) -> list[list[TextBox]]:

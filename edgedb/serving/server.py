@@ -11,10 +11,11 @@ PyTriton itself pins NumPy < 2, so it is not installed into edgedb's environment
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import re
 import shutil
 import signal
-import logging
 import subprocess
 import sys
 import sysconfig
@@ -49,6 +50,36 @@ class TritonInstall:
     python_backend: Optional[Path] = None  # libtriton_python.so's folder, when not the server's default
     stub: Optional[Path] = None  # triton_python_backend_stub for this Python version
     libraries: Optional[Path] = None  # the wheel's bundled shared libraries
+
+    def backends(self) -> Optional[set[str]]:
+        """The backends this server can load (None where it cannot be told): the wheel's
+        Python backend alone, or the folders of the server's own backend directory."""
+        if self.stub is not None:
+            return {"python"}
+        folder = self.binary.resolve().parent.parent / "backends"
+        return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else None
+
+
+#: A model config's ``platform`` -> the backend that runs it.
+_PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
+
+
+def check_backends(repository: Path, install: TritonInstall) -> None:
+    """Refuses, before starting, a repository with a model that ``install`` has no
+    backend for (an ensemble's ONNX Runtime or TensorRT step on the wheel's server)."""
+    have = install.backends()
+    if have is None:
+        return
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        text = config.read_text(errors="replace")
+        match = re.search(r'^\s*platform:\s*"([^"]+)"', text, re.M) or re.search(r'^\s*backend:\s*"([^"]+)"', text, re.M)
+        needed = _PLATFORM_BACKENDS.get(match.group(1), match.group(1)) if match else None
+        if needed and needed != "ensemble" and needed not in have:
+            raise ServingError(
+                f"model {config.parent.name!r} needs Triton's {needed} backend, which {install.binary} lacks (it has "
+                f"{', '.join(sorted(have))}). The nvidia-pytriton wheel's server has the Python backend only: serve "
+                f"this repository in NVIDIA's Triton container (README), or export it in the python layout "
+                f"(layout='python', --layout python)")
 
 
 def _pytriton_roots() -> list[Path]:
@@ -139,6 +170,7 @@ class TritonServer:
                 raise InvalidInputError(f"{label} must be a port 1..65535, not {port!r}")
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.install = find_tritonserver(tritonserver)
+        check_backends(self.repository, self.install)
         self._scratch = Path(tempfile.mkdtemp(prefix="edgedb-triton-"))
         self.log_file = Path(log_file) if log_file else self._scratch / "tritonserver.log"
         self._process: Optional[subprocess.Popen] = None
