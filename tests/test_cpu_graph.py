@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgedb.precision.cpu_graph import fold_preprocessing_into_first_convs, upsample_in_nchw
+from edgedb.precision.cpu_graph import fold_preprocessing_into_first_convs, pad_pixel_channels, upsample_in_nchw
 
 IMAGENET_BGR_MEAN = np.array([0.406, 0.456, 0.485])
 IMAGENET_BGR_STD = np.array([0.225, 0.224, 0.229])
@@ -89,6 +89,18 @@ def test_pixels_feed_the_first_convolution(rgb):
     assert inner.max() < 0.25 and inner.mean() < 0.05
     # The one-pixel border pads with the mean pixel instead of exactly zero.
     assert np.abs(got - expected).max() < 1.0
+
+
+def test_a_fourth_zero_channel_changes_nothing():
+    folded, _ = rewritten(preprocessing_model(True), fold_preprocessing_into_first_convs)
+    padded, changed = rewritten(folded, pad_pixel_channels)
+    assert changed
+    conv = next(n for n in padded.graph.node if n.op_type == "Conv")
+    weights = next(i for i in padded.graph.initializer if i.name.endswith("_4"))
+    assert numpy_helper.to_array(weights).shape == (8, 4, 3, 3) and conv is not None
+    frame = np.random.default_rng(2).integers(0, 256, (1, 24, 32, 3), dtype=np.uint8)
+    assert np.array_equal(run(padded, {"image": frame}), run(folded, {"image": frame}))
+    assert not rewritten(preprocessing_model(True), pad_pixel_channels)[1]  # not folded: nothing to pad
 
 
 def test_preprocessing_with_other_readers_stays():

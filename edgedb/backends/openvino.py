@@ -59,6 +59,23 @@ def _has_qdq(proto) -> bool:
     return any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
 
 
+def _with_integer_stem(proto):
+    """``proto`` with ``precision.cpu_graph.pad_pixel_channels`` applied, where it applies:
+    a fourth, all-zero input channel on the first convolutions, which OpenVINO then runs as
+    integer convolutions rather than in float32 (see there)."""
+    import onnx_graphsurgeon as gs
+
+    from edgedb.precision.cpu_graph import pad_pixel_channels
+
+    graph = gs.import_onnx(proto)
+    if not pad_pixel_channels(graph):
+        return proto
+    padded = gs.export_onnx(graph)
+    del padded.metadata_props[:]
+    padded.metadata_props.extend(proto.metadata_props)
+    return padded
+
+
 def _cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
@@ -164,7 +181,7 @@ class OpenVINOBackend(Backend):
         # where an Identity was removed); the ONNX graph's own names are the ones callers use.
         self.input_names, self.output_names = _graph_names(proto)
         self.static_shapes = _has_qdq(proto)
-        self._proto = proto if self.static_shapes else None  # fixed to each input size in _static_onnx
+        self._proto = _with_integer_stem(proto) if self.static_shapes else None  # fixed to each size in _static_onnx
         self.threads = int(self._config["INFERENCE_NUM_THREADS"])
         self.max_shapes = max_shapes
         self._compiled: "OrderedDict[Optional[tuple], tuple]" = OrderedDict()  # shapes -> (compiled, request)

@@ -15,6 +15,8 @@ islands exactly (or, where noted, to within the quantization step):
   uint8 kernel for it.
 - ``gelu_as_sigmoid`` (after; approximate, within 0.021): GELU's Erf, which has no
   integer kernel, as a quantized Sigmoid.
+- ``pad_pixel_channels`` (at load, OpenVINO only): the frame's first convolutions get a
+  fourth, zero input channel, so that OpenVINO runs them as integer convolutions.
 """
 
 from __future__ import annotations
@@ -297,6 +299,45 @@ def fold_preprocessing_into_first_convs(graph, weight_limit: int = 127) -> bool:
         conv.inputs = [centred, _dequantized(graph, name + "_weight", q_weights, scale.astype(np.float32), axis=0),
                        _dequantized(graph, name + "_bias", q_bias, scale.astype(np.float32), axis=0)]
     graph.cleanup()
+    return True
+
+
+def pad_pixel_channels(graph) -> bool:
+    """Gives the first convolutions a fourth, all-zero input channel (and the frame a
+    fourth channel of pixel ``z``), where ``fold_preprocessing_into_first_convs`` fed them
+    the frame: the same function, which OpenVINO's CPU plugin then runs as an integer
+    convolution. With three input channels it picks its float32 kernel and reorders the
+    frame into float for it (PP-OCRv6 small det's CPU target, 736x1312: the stem 7.8 ms
+    against 3.0 ms, 9% of the model). ONNX Runtime is slower with the extra channel, so
+    only the OpenVINO backend applies this. Returns False where the graph has no such
+    convolutions."""
+    import onnx_graphsurgeon as gs
+
+    nodes = {n.name: n for n in graph.nodes if n.name.startswith(PREPROCESS_PREFIX)}
+    transpose, centre = nodes.get(PREPROCESS_PREFIX + "transpose_pixels"), nodes.get(PREPROCESS_PREFIX + "centre_pixels")
+    if transpose is None or centre is None or centre.inputs[0] is not transpose.outputs[0]:
+        return False
+    weights = []
+    for conv in centre.outputs[0].outputs:
+        source = conv.inputs[1].inputs[0] if conv.op == "Conv" and conv.inputs[1].inputs else None
+        values = source.inputs[0] if source is not None and source.op == "DequantizeLinear" else None
+        if not isinstance(values, gs.Constant) or values.values.ndim != 4 or values.values.shape[1] != 3:
+            return False
+        weights.append(source)
+    if not weights:
+        return False
+    padded = gs.Variable(PREPROCESS_PREFIX + "pixels_nchw4", dtype=np.uint8)
+    graph.nodes.append(gs.Node(
+        "Pad", PREPROCESS_PREFIX + "pad_channels",
+        inputs=[transpose.outputs[0], gs.Constant(PREPROCESS_PREFIX + "channel_pads", np.array([0, 0, 0, 0, 0, 1, 0, 0],
+                                                                                               np.int64)),
+                centre.inputs[2]],  # pixel z: the extra channel is 0 after centring
+        outputs=[padded]))
+    centre.inputs[0] = padded
+    for dequantize in weights:
+        q = dequantize.inputs[0].values
+        dequantize.inputs[0] = gs.Constant(dequantize.inputs[0].name + "_4", np.concatenate([q, np.zeros_like(q[:, :1])], 1))
+    graph.toposort()
     return True
 
 
