@@ -91,7 +91,7 @@ def run_fold(job: tuple) -> dict:
     train = icdar_samples(images, names=train_names)
     options = dict(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr, loss=args.loss,
                    binary_loss=args.binary_loss, scale=tuple(args.scale), ema=args.ema, freeze=args.freeze,
-                   val_fraction=args.val_fraction, seed=args.seed, threads=args.threads)
+                   val_fraction=args.val_fraction, val_every=args.val_every, seed=args.seed, threads=args.threads)
     result = finetune(train, None, base=args.base, progress=False, **options)
     row = {"variant": args.name, "fold": fold, "held_back": [held_back[0][0], held_back[-1][0]], "train_seconds": result.seconds,
            "best_step": result.best_step, "val_base": result.base.hmean, "val_best": result.best.hmean,
@@ -121,6 +121,8 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=1)
     add_training_arguments(parser)
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--val-every", type=int, help="steps between validations (default: the trainer's, steps / 8; "
+                                                        "= --steps: the final weights, unless worse than the base)")
     parser.add_argument("--threads", type=int, help="torch and inference threads per fold (default: cores / --parallel)")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="also run the folds with these settings changed (scale as MIN/MAX)")
@@ -139,7 +141,8 @@ def main() -> int:
         rows = []
         for row in pool.map(run_fold, [(fold, variant) for variant in variants for fold in folds]):
             rows.append(row)  # as they come (in order), for a long run's log
-            print(f"[{row['variant']}] fold {row['fold']}: H {row['base']['hmean']:.4f} -> {row['tuned']['hmean']:.4f}",
+            print(f"[{row['variant']}] fold {row['fold']}: H {row['base']['hmean']:.4f} -> {row['tuned']['hmean']:.4f} "
+                  f"(checkpoint of step {row['best_step']})",
                   flush=True)
     wall = time.perf_counter() - start
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "wall_seconds": wall, "variants": []}
