@@ -61,6 +61,8 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_QUEUE_DELAY_US = 2000
 LAYOUTS = ("python", "ensemble")
+#: A network model's ``platform`` in the ensemble layout -> the Triton backend that runs it.
+PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
 #: The detector options the ensemble layout's steps take (the rest need EdgeDetector itself).
 ENSEMBLE_OPTIONS = ("limit_side_len", "limit_type", "max_side_len", "input_size", *DEFAULT_BOXES)
 

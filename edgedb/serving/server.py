@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from edgedb.errors import InvalidInputError, ServingError
+from edgedb.serving.repository import PLATFORM_BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ class TritonInstall:
         return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else None
 
 
-#: A model config's ``platform`` -> the backend that runs it.
-_PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
-
-
 def check_backends(repository: Path, install: TritonInstall) -> None:
     """Refuses, before starting, a repository with a model that ``install`` has no
     backend for (an ensemble's ONNX Runtime or TensorRT step on the wheel's server)."""
@@ -73,7 +70,7 @@ def check_backends(repository: Path, install: TritonInstall) -> None:
     for config in sorted(repository.glob("*/config.pbtxt")):
         text = config.read_text(errors="replace")
         match = re.search(r'^\s*platform:\s*"([^"]+)"', text, re.M) or re.search(r'^\s*backend:\s*"([^"]+)"', text, re.M)
-        needed = _PLATFORM_BACKENDS.get(match.group(1), match.group(1)) if match else None
+        needed = PLATFORM_BACKENDS.get(match.group(1), match.group(1)) if match else None
         if needed and needed != "ensemble" and needed not in have:
             raise ServingError(
                 f"model {config.parent.name!r} needs Triton's {needed} backend, which {install.binary} lacks (it has "
