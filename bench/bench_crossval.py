@@ -121,8 +121,8 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=1)
     add_training_arguments(parser)
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--val-every", type=int, help="steps between validations (default: the trainer's, steps / 8; "
-                                                        "= --steps: the final weights, unless worse than the base)")
+    parser.add_argument("--val-every", type=int, help="steps between validations, the best checkpoint kept (default: the trainer's, "
+                                                        "--steps: the final weights, unless worse than the base)")
     parser.add_argument("--threads", type=int, help="torch and inference threads per fold (default: cores / --parallel)")
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="also run the folds with these settings changed (scale as MIN/MAX)")

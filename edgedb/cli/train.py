@@ -24,9 +24,9 @@ from edgedb.cli._common import (
 def add_parser(commands) -> None:
     train = commands.add_parser(
         "train", help="fine-tune a DBNet on your own images (needs PyTorch: the train extra)",
-        description="Fine-tunes a DBNet with the DB paper's labels and loss on random crops of your images, keeps "
-        "the checkpoint with the best validation hmean (edgedb's own box formation and ICDAR metric) and writes "
-        "an ONNX with the base model's interface, which rewrite, quantize, build and EdgeDetector take "
+        description="Fine-tunes a DBNet with the DB paper's labels and loss on random crops of your images, "
+        "validates the final weights (or, with --val-every, keeps the checkpoint with the best validation hmean; "
+        "edgedb's own box formation and ICDAR metric) and writes an ONNX with the base model's interface, which rewrite, quantize, build and EdgeDetector take "
         "(edgedb.train.finetune). Refuses to write a model no better than the base on validation.")
     train.add_argument("--images", type=Path, required=True, help="training images (ICDAR 2015 layout) or a "
                        "PaddleOCR label file (image<TAB>[{\"points\": ...}])")
@@ -52,6 +52,8 @@ def add_parser(commands) -> None:
                        help="Lb's form: bce as in the DB paper, or dice (default bce)")
     train.add_argument("--threads", type=_threads, help="CPU threads, at most the cores (default: the free cores)")
     train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when PyTorch sees a GPU")
+    train.add_argument("--val-every", type=_count, help="validate every N steps and keep the best checkpoint "
+                       "(default: once, the final weights, which cross-validated better)")
     train.add_argument("--seed", type=_bounded_int(0, 2**32 - 1), default=0, help="random seed, 0..2^32-1 (default 0)")
     train.add_argument("--output", "-o", type=Path, required=True, help="where to write the fine-tuned ONNX")
     _add_spec_arguments(train)
@@ -91,7 +93,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = finetune(train, val, base=args.base, spec=spec, steps=args.steps, batch_size=args.batch_size,
                       crop=args.crop, lr=args.lr, loss=args.loss, binary_loss=args.binary_loss, threads=args.threads,
                       device=args.device, seed=args.seed, scale=tuple(args.scale), ema=args.ema,
-                      freeze=args.freeze)
+                      freeze=args.freeze, val_every=args.val_every)
     print(f"validation before: {result.base}")
     print(f"validation after:  {result.best} (step {result.best_step} of {result.steps}, {result.seconds:.0f} s)"
           f"{skipped.summary()}")

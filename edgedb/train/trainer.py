@@ -1,10 +1,10 @@
 """Fine-tuning a DBNet on the user's images: the training loop.
 
 Random crops of the training images (augmented), the DB paper's labels and loss, Adam
-with a short warm-up and polynomial decay, and a validation pass every few steps that
-runs the model the way ``EdgeDetector`` will (its resize, box formation and ICDAR metric)
-to keep the best checkpoint. A model no better than the base on validation is not
-offered as a result.
+with a short warm-up and polynomial decay, and a validation pass that runs the model the
+way ``EdgeDetector`` will (its resize, box formation and ICDAR metric): by default once,
+on the final (averaged) weights, or every ``val_every`` steps keeping the best checkpoint.
+A model no better than the base on validation is not offered as a result.
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ def finetune(
         ema: decay of the moving average of the weights that is validated and exported
             (0 for the raw weights).
         freeze: fraction of the base's weights, from the input on, kept fixed.
-        val_every: steps between validations (default: steps / 8).
+        val_every: steps between validations, the best checkpoint kept (default: ``steps``,
+            the final weights validated once against the base: with a few validation
+            images, choosing among checkpoints chose noise; bench/RESULTS.md).
         threads: CPU threads, at most this machine's cores (default: the free cores).
         device: ``"cpu"``, ``"cuda"`` (default: CUDA when available).
         seed: random seed, 0 .. 2**32 - 1 (numpy's and PyTorch's range).
@@ -210,7 +212,7 @@ def finetune(
 
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     warmup = max(1, steps // 20)
-    val_every = val_every or max(1, steps // 8)
+    val_every = val_every or steps
     stream = batches(train, batch_size, rng, crop=(crop, crop), scale=tuple(scale))
     best_scores, best_step, best_state = base_scores, 0, None
     # Validation and export use an exponential moving average of the weights: with a few
