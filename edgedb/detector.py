@@ -28,9 +28,8 @@ from edgedb.preprocess import (  # noqa: F401  (the limits re-exported)
     as_bgr_image,
     check_fixed_size,
     check_limits,
-    prepare_fixed,
     policy_scale,
-    prepare_limit,
+    prepare_frame,
 )
 from edgedb.spec import ModelSpec
 from edgedb.tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, Tile, check_tiling, merge_tile_boxes, tile_grid
@@ -409,10 +408,8 @@ class EdgeDetector:
     # -- steps ------------------------------------------------------------------------
 
     def _prepare(self, image: ImageLike) -> PreparedFrame:
-        bgr = as_bgr_image(image)
-        if self.input_size is not None:
-            return prepare_fixed(bgr, self.input_size)
-        return prepare_limit(bgr, self.limit_side_len, self.limit_type, self.spec.stride, self.max_side_len)
+        return prepare_frame(as_bgr_image(image), input_size=self.input_size, limit_side_len=self.limit_side_len,
+                             limit_type=self.limit_type, stride=self.spec.stride, max_side_len=self.max_side_len)
 
     def _tiled(self, shape: tuple[int, ...]) -> bool:
         """Whether an image of ``shape`` runs in tiles (see ``tile`` in the class doc)."""

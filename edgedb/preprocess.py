@@ -143,6 +143,16 @@ def prepare_fixed(image: np.ndarray, input_size: tuple[int, int]) -> PreparedFra
     return PreparedFrame(frame, (ch, cw), (h, w))
 
 
+def prepare_frame(image: np.ndarray, *, input_size: Optional[tuple[int, int]] = None,
+                  limit_side_len: int = DEFAULT_LIMIT_SIDE_LEN, limit_type: str = DEFAULT_LIMIT_TYPE,
+                  stride: int = 32, max_side_len: int = 4096) -> PreparedFrame:
+    """The frame ``EdgeDetector`` makes of ``image``: letterboxed into ``input_size`` when
+    one is given (``prepare_fixed``), else sized by the limits (``prepare_limit``)."""
+    if input_size:
+        return prepare_fixed(image, tuple(input_size))
+    return prepare_limit(image, limit_side_len, limit_type, stride, max_side_len)
+
+
 def as_bgr_image(image: Union[np.ndarray, str, Path, None], *, max_pixels: Optional[int] = None) -> np.ndarray:
     """A BGR uint8 (H, W, 3) image from an array (BGR, grayscale or BGRA) or a file path
     (read by ``read_image``, with its pixel limit ``max_pixels``).

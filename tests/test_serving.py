@@ -50,6 +50,30 @@ def _same(served, local) -> bool:
         np.array_equal(a.points, b.points) and a.score == b.score for a, b in zip(served, local))
 
 
+def _concurrent_clients(server, local, scenes, *, clients: int, requests: int) -> tuple[list, list]:
+    """``clients`` threads, each sending ``requests`` scenes in turn: the requests answered,
+    and the (client, request) pairs whose boxes differ from in-process."""
+    from edgedb.serving import TritonDetector
+
+    expected = [local.detect(scene) for scene in scenes]
+    done, wrong = [], []
+
+    def client_loop(worker: int):
+        with TritonDetector(server.http_url) as client:
+            for step in range(requests):
+                index = (worker + step) % len(scenes)
+                if not _same(client.detect(scenes[index]), expected[index]):
+                    wrong.append((worker, step))
+                done.append(1)
+
+    threads = [threading.Thread(target=client_loop, args=(w,)) for w in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return done, wrong
+
+
 # -- the wire format and decoding (no server) --------------------------------------
 
 
@@ -162,24 +186,7 @@ def test_served_boxes_are_the_in_process_boxes(server, local, scenes, protocol, 
 
 @pytest.mark.slow
 def test_concurrent_clients_get_every_answer_right(server, local, scenes):
-    from edgedb.serving import TritonDetector
-
-    expected = [local.detect(scene) for scene in scenes]
-    wrong, done = [], []
-
-    def client_loop(worker: int):
-        with TritonDetector(server.http_url) as client:
-            for step in range(6):
-                index = (worker + step) % len(scenes)
-                if not _same(client.detect(scenes[index]), expected[index]):
-                    wrong.append((worker, step))
-                done.append(1)
-
-    threads = [threading.Thread(target=client_loop, args=(w,)) for w in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    done, wrong = _concurrent_clients(server, local, scenes, clients=8, requests=6)
     assert len(done) == 48 and not wrong
 
 
@@ -441,19 +448,5 @@ def test_the_ensemble_serves_the_in_process_boxes(tmp_path, local, scenes):
             with pytest.raises(ServingError, match="over this model's limit"):
                 client.detect(np.zeros((2100, 2100, 3), np.uint8))
             assert _same(client.detect(scenes[1]), local.detect(scenes[1]))  # still serving
-        expected = [local.detect(scene) for scene in scenes]
-        wrong = []
-
-        def client_loop(worker: int):
-            with TritonDetector(server.http_url) as client:
-                for step in range(4):
-                    index = (worker + step) % len(scenes)
-                    if not _same(client.detect(scenes[index]), expected[index]):
-                        wrong.append((worker, step))
-
-        threads = [threading.Thread(target=client_loop, args=(w,)) for w in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        _, wrong = _concurrent_clients(server, local, scenes, clients=6, requests=4)
         assert not wrong

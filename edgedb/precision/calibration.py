@@ -277,14 +277,14 @@ def prepared_images(images: Iterable[Path], *, limit_side_len: int, limit_type: 
                     input_size: Optional[tuple[int, int]] = None):
     """Yields the ``PreparedFrame`` the detector would make of each image (the frame, and
     where the image sits in it)."""
-    from edgedb.preprocess import as_bgr_image, prepare_fixed, prepare_limit
+    from edgedb.preprocess import as_bgr_image, prepare_frame
 
     for path in images:
         try:
             image = as_bgr_image(path)
         except InvalidInputError as error:
             raise InvalidInputError(f"calibration image {path} cannot be read: {error}") from None
-        yield prepare_fixed(image, input_size) if input_size else prepare_limit(image, limit_side_len, limit_type)
+        yield prepare_frame(image, input_size=input_size, limit_side_len=limit_side_len, limit_type=limit_type)
 
 
 def prepared_frames(images: Iterable[Path], *, limit_side_len: int, limit_type: str,

@@ -19,9 +19,9 @@ import numpy as np
 
 from edgedb.boxes import TextBox, boxes_from_prob
 from edgedb.errors import EdgeDBError, InvalidInputError
-from edgedb.preprocess import prepare_fixed, prepare_limit
+from edgedb.preprocess import prepare_frame
 from edgedb.serving.protocol import INPUT_IMAGE, pack_boxes
-from edgedb.serving.triton_model import request_images
+from edgedb.serving.triton_model import input_array, request_images
 
 #: The tensor between the steps that says where each image sits in its network frame:
 #: int32 (content height, content width, original height, original width) per image.
@@ -36,10 +36,9 @@ def prepare_request(images: list[np.ndarray], options: dict) -> tuple[np.ndarray
     """The network frames (B, H', W', 3) uint8 of one request's BGR images, sized as
     ``EdgeDetector`` sizes them (``limit_side_len``/``limit_type``/``max_side_len`` and the
     model's ``stride``, or a fixed ``input_size``), and their ``FRAME_INFO`` rows (B, 4)."""
-    input_size = options.get("input_size")
-    prepared = [prepare_fixed(image, tuple(input_size)) if input_size else
-                prepare_limit(image, options["limit_side_len"], options["limit_type"], options["stride"],
-                              options["max_side_len"]) for image in images]
+    prepared = [prepare_frame(image, input_size=options.get("input_size"), limit_side_len=options["limit_side_len"],
+                              limit_type=options["limit_type"], stride=options["stride"],
+                              max_side_len=options["max_side_len"]) for image in images]
     if len({item.frame.shape for item in prepared}) != 1:  # one request's frames share a size
         raise InvalidInputError("the frames of one request must have one size")
     frames = np.stack([item.frame for item in prepared])
@@ -72,10 +71,6 @@ class _Step:
         config = json.loads(args["model_config"])
         self.options = json.loads(config["parameters"][STEP_PARAMETER]["string_value"])
 
-    def _input(self, request, name: str):
-        tensor = self._pb.get_input_tensor_by_name(request, name)
-        return None if tensor is None else np.from_dlpack(tensor)
-
     def execute(self, requests: list) -> list:
         pb = self._pb
         responses = []
@@ -100,7 +95,7 @@ class PreprocessModel(_Step):
     """``IMAGE`` (uint8 B x H x W x C) -> the network's input frames and ``FRAME_INFO``."""
 
     def run(self, request) -> dict:
-        images = request_images(self._input(request, INPUT_IMAGE), None, self.options["max_pixels"])
+        images = request_images(input_array(self._pb, request, INPUT_IMAGE), None, self.options["max_pixels"])
         frames, info = prepare_request(images, self.options)
         return {self.options["input_name"]: frames, FRAME_INFO: info}
 
@@ -109,6 +104,6 @@ class BoxesModel(_Step):
     """``prob`` and ``FRAME_INFO`` -> ``BOXES``, ``SIZES``, ``SCORES``, ``COUNTS``."""
 
     def run(self, request) -> dict:
-        prob = self._input(request, PROB)
-        info = self._input(request, FRAME_INFO)
+        prob = input_array(self._pb, request, PROB)
+        info = input_array(self._pb, request, FRAME_INFO)
         return pack_boxes(request_boxes(prob, info, self.options["boxes"]))

@@ -145,6 +145,8 @@ def export_triton(
     cores = os.cpu_count() or 1
     threads = threads if threads is not None else max(1, cores // instances)
     thread_count("threads", threads)
+    if is_engine_file(model) and precision is not None:
+        raise InvalidInputError("an engine carries its precision; leave precision out")
     output = Path(output)
     if site_paths is None:
         site_paths = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
@@ -158,8 +160,6 @@ def export_triton(
     folder.mkdir(parents=True, exist_ok=True)
     gpu = is_engine_file(model) or backend == "tensorrt"
     if is_engine_file(model):
-        if precision is not None:
-            raise InvalidInputError("an engine carries its precision; leave precision out")
         model_file = Path(model).name
         shutil.copyfile(model, folder / model_file)
         sidecar = sidecar_path(model)
@@ -189,25 +189,11 @@ def export_triton(
 
 def _config(name: str, *, max_batch: int, instances: int, gpu: bool, max_queue: int, queue_delay_us: int,
             parameters: dict) -> str:
-    inputs = (f'  {{ name: "{INPUT_IMAGE}" data_type: TYPE_UINT8 dims: [ -1, -1, -1 ] optional: true }},\n'
-              f'  {{ name: "{INPUT_ENCODED}" data_type: TYPE_UINT8 dims: [ -1 ] optional: true allow_ragged_batch: true }}')
-    return f"""\
-# Written by edgedb export triton (edgedb {__version__}).
-name: {_text(name)}
-backend: "python"
-max_batch_size: {max_batch}
-input [
-{inputs}
-]
-output [
-{_tensors(_OUTPUTS)}
-]
-{_batching(max_queue, queue_delay_us)}
-instance_group [ {{ count: {instances} kind: {"KIND_GPU" if gpu else "KIND_CPU"} }} ]
-parameters [
-{_parameters(parameters)}
-]
-"""
+    return _python_config(
+        name, "edgedb export triton", max_batch=max_batch, instances=instances, gpu=gpu, max_queue=max_queue,
+        queue_delay_us=queue_delay_us, parameters=parameters, outputs=_OUTPUTS,
+        inputs=[(INPUT_IMAGE, "TYPE_UINT8", [-1, -1, -1], "optional: true"),
+                (INPUT_ENCODED, "TYPE_UINT8", [-1], "optional: true allow_ragged_batch: true")])
 
 
 # -- the ensemble layout ---------------------------------------------------------------
@@ -231,8 +217,6 @@ def _write_ensemble(model, output: Path, *, name: str, version: int, backend: st
     if is_engine_file(model):
         if backend not in ("auto", "tensorrt"):
             raise InvalidInputError(f"an engine runs on Triton's TensorRT backend, not {backend!r}: leave backend out")
-        if precision is not None:
-            raise InvalidInputError("an engine carries its precision; leave precision out")
         sidecar = read_sidecar(model)
         spec, profile = sidecar.spec, sidecar.profiles[0]
         if profile.layout != "NHWC":
@@ -302,8 +286,9 @@ def _text(value: str) -> str:
 
 
 def _tensors(tensors) -> str:
-    return ",\n".join(f"  {{ name: {_text(n)} data_type: {t} dims: [ {', '.join(str(d) for d in dims)} ] }}"
-                      for n, t, dims in tensors)
+    """Config entries of (name, data type, dims[, further fields]) tuples."""
+    return ",\n".join(f"  {{ name: {_text(n)} data_type: {t} dims: [ {', '.join(str(d) for d in dims)} ]"
+                      f"{''.join(' ' + field for field in more)} }}" for n, t, dims, *more in tensors)
 
 
 def _parameters(parameters: dict) -> str:
@@ -318,11 +303,11 @@ def _batching(max_queue: int, queue_delay_us: int) -> str:
 }}"""
 
 
-def _step_config(name: str, *, max_batch: int, instances: int, max_queue: int, inputs, outputs,
-                 parameters: dict) -> str:
-    # No batching delay in the steps: they take each request as it comes; the network batches.
+def _python_config(name: str, written_by: str, *, max_batch: int, instances: int, gpu: bool, max_queue: int,
+                   queue_delay_us: int, inputs, outputs, parameters: dict) -> str:
+    """A Python-backend model's config: the python layout's model and the ensemble's steps."""
     return f"""\
-# Written by edgedb export triton --layout ensemble (edgedb {__version__}).
+# Written by {written_by} (edgedb {__version__}).
 name: {_text(name)}
 backend: "python"
 max_batch_size: {max_batch}
@@ -332,12 +317,20 @@ input [
 output [
 {_tensors(outputs)}
 ]
-{_batching(max_queue, 0)}
-instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+{_batching(max_queue, queue_delay_us)}
+instance_group [ {{ count: {instances} kind: {"KIND_GPU" if gpu else "KIND_CPU"} }} ]
 parameters [
 {_parameters(parameters)}
 ]
 """
+
+
+def _step_config(name: str, *, max_batch: int, instances: int, max_queue: int, inputs, outputs,
+                 parameters: dict) -> str:
+    # No batching delay in the steps: they take each request as it comes; the network batches.
+    return _python_config(name, "edgedb export triton --layout ensemble", max_batch=max_batch, instances=instances,
+                          gpu=False, max_queue=max_queue, queue_delay_us=0, inputs=inputs, outputs=outputs,
+                          parameters=parameters)
 
 
 def _net_config(name: str, platform: str, input_name: str, frame_dims: list, *, max_batch: int, instances: int,

@@ -40,6 +40,12 @@ def request_images(image, encoded, max_pixels: int) -> list[np.ndarray]:
     return [as_bgr_image(frame) for frame in image]
 
 
+def input_array(pb_utils, request, name: str):
+    """A request's input ``name`` as a NumPy array (by DLPack), or None where it is absent."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else np.from_dlpack(tensor)
+
+
 class TritonPythonModel:
     """One instance per Triton model instance; each holds its own ``EdgeDetector``."""
 
@@ -60,7 +66,7 @@ class TritonPythonModel:
         images, owners, errors = [], [], {}
         for index, request in enumerate(requests):
             try:
-                found = request_images(self._input(request, INPUT_IMAGE), self._input(request, INPUT_ENCODED),
+                found = request_images(input_array(pb, request, INPUT_IMAGE), input_array(pb, request, INPUT_ENCODED),
                                        self.max_pixels)
             except EdgeDBError as error:
                 errors[index] = str(error)
@@ -83,10 +89,6 @@ class TritonPythonModel:
             responses.append(pb.InferenceResponse([pb.Tensor.from_dlpack(name, array)
                                                    for name, array in packed.items()]))
         return responses
-
-    def _input(self, request, name: str):
-        tensor = self._pb.get_input_tensor_by_name(request, name)
-        return None if tensor is None else np.from_dlpack(tensor)
 
     def finalize(self) -> None:
         self.detector.close()
