@@ -142,6 +142,32 @@ def test_threads_and_bad_models(name, fp32):
 
 
 @needs_openvino
+def test_openvino_compiles_recurring_sizes_for_themselves(fp32):
+    """A float model runs on its dynamic compilation until a size recurs, then on one
+    compiled for that size, with the same maps; sizes that never come back cost nothing."""
+    from edgedb.backends import openvino
+
+    sizes = [(256 + 32 * i, 256) for i in range(12)]
+    with create_backend("openvino", fp32) as backend:
+        for size in sizes:  # every size once: nothing compiled beyond the dynamic model
+            backend.infer({"image": frame(1, size)})
+        assert backend.compiled_shapes == 1
+        dynamic = backend.infer({"image": frame()})["prob"]
+        for _ in range(12):
+            prob = backend.infer({"image": frame()})["prob"]
+        assert backend.compiled_shapes == 2
+        np.testing.assert_allclose(prob, dynamic, atol=1e-4)
+        for size in sizes[:openvino.MAX_FLOAT_SIZES + 1]:  # more recurring sizes than it keeps
+            for _ in range(12):
+                backend.infer({"image": frame(1, size)})
+        assert backend.compiled_shapes == 1 + openvino.MAX_FLOAT_SIZES
+    recurring = openvino.RecurringSizes(window=8, share=0.25)
+    for shapes in ["a", "b", "a", "c", "a"]:
+        recurring.record(shapes)
+    assert recurring.recurring("a") and not recurring.recurring("b")
+
+
+@needs_openvino
 def test_openvino_refuses_a_quantized_model_it_computes_wrongly(fp32, monkeypatch):
     from edgedb.backends import openvino
 
