@@ -98,14 +98,15 @@ def contenders(model: str, int8: Path | None, only=()) -> dict:
     if int8 is not None:
         from edgedb.models import zoo_names
 
-        longer = [name for name in zoo_names() if name.startswith(f"{model}-")]  # not theirs
-        quantized_models = sorted(q for q in int8.glob(f"{model}-*.onnx")
+        stem = Path(model).stem if model.endswith(".onnx") else model  # a file: its INT8 models are <stem>-*.onnx
+        longer = [name for name in zoo_names() if name.startswith(f"{stem}-")]  # not theirs
+        quantized_models = sorted(q for q in int8.glob(f"{stem}-*.onnx")
                                   if not any(q.name.startswith(f"{name}-") for name in longer))
         if not quantized_models:
-            sys.exit(f"bench_peers: no {int8}/{model}-*.onnx; make them with edgedb quantize {model} "
-                     f"--target cpu|tensorrt --calib IMAGES -o {int8}/{model}-cpu.onnx (or -tensorrt.onnx)")
+            sys.exit(f"bench_peers: no {int8}/{stem}-*.onnx; make them with edgedb quantize {model} "
+                     f"--target cpu|tensorrt --calib IMAGES -o {int8}/{stem}-cpu.onnx (or -tensorrt.onnx)")
         for quantized in quantized_models:
-            label = quantized.stem[len(model) + 1:]  # cpu, tensorrt, cpu-qat, ...
+            label = quantized.stem[len(stem) + 1:]  # cpu, tensorrt, cpu-qat, ...
             for backend, short in (("onnxruntime", "ort"), ("openvino", "ov")):
                 found[f"edgedb-int8-{label}-{short}"] = (lambda q=quantized, b=backend: edgedb_detector(q, b))
     if only:
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="ICDAR-style image folder")
     parser.add_argument("--offset", type=int, default=0, help="skip this many images first (e.g. those INT8 calibration saw)")
     parser.add_argument("--count", type=int, default=100, help="images per model (default 100)")
-    parser.add_argument("--int8", type=Path, help="folder of INT8 models <model>-<label>.onnx (e.g. <model>-cpu.onnx, <model>-tensorrt.onnx)")
+    parser.add_argument("--int8", type=Path, help="folder of INT8 models <model>-<label>.onnx (e.g. <model>-cpu.onnx, <model>-tensorrt.onnx; for a model file, its stem)")
     parser.add_argument("--only", nargs="+", default=(), metavar="PATTERN",
                         help="run only the contenders matching these patterns (e.g. 'edgedb-int8-cpu-*'), "
                              "besides the three the ratios need")
@@ -214,9 +215,16 @@ def main(argv=None) -> int:
 
     import cv2
 
+    from edgedb.errors import InvalidInputError
     from edgedb.evaluation import IcdarDataset
+    from edgedb.preprocess import IMAGE_SUFFIXES
 
-    dataset = list(IcdarDataset(args.images))[args.offset: args.offset + args.count]
+    try:
+        dataset = list(IcdarDataset(args.images))
+    except InvalidInputError:  # photos without ground truth: speed only
+        dataset = [(path.stem, path, None) for path in sorted(args.images.iterdir())
+                   if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
+    dataset = dataset[args.offset: args.offset + args.count]
     images = [cv2.imread(str(path)) for _, path, _ in dataset]
     report = {"machine": machine_line(), "images_dir": str(args.images), "offset": args.offset, "count": len(images),
               "block": args.block, "models": []}
