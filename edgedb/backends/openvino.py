@@ -278,12 +278,11 @@ class OpenVINOBackend(Backend):
     def _float_request_for(self, shapes: tuple, elements: int):
         """The float model's request for ``shapes``: its own compiled model where the size
         recurs, else the dynamic one."""
+        self._recurring.record(shapes)
         entry = self._compiled.get(shapes)
         if entry is not None:
-            self._recurring.record(shapes)
             self._compiled.move_to_end(shapes)
             return entry
-        self._recurring.record(shapes)
         if elements > STATIC_MAX_ELEMENTS or not self._recurring.recurring(shapes):
             return self._compiled[None]
         stale = [key for key in self._compiled if key is not None and not self._recurring.recurring(key)]
@@ -348,18 +347,19 @@ class OpenVINOBackend(Backend):
             raise InvalidInputError(f"missing inputs {sorted(missing)}; the model takes {list(self.input_names)}")
         inputs = {name: np.ascontiguousarray(feed[name]) for name in self.input_names}
         shapes = tuple(inputs[name].shape for name in self.input_names)
+        elements = sum(a.size for a in inputs.values())
         with self._lock:
             if self.closed:
                 raise EdgeDBError("this backend is closed")
             if self.static_shapes:
                 compiled, request = self._request_for(shapes, inputs)
             else:
-                compiled, request = self._float_request_for(shapes, sum(a.size for a in inputs.values()))
+                compiled, request = self._float_request_for(shapes, elements)
             # The inputs are read in place (they are not kept past the call); the outputs are
             # copied out of the request's tensors, so the next call cannot overwrite them.
             results = request.infer(inputs, share_inputs=True, share_outputs=False)
             outputs = {name: results[name] for name in self.output_names}
-            if self._oversized.oversized(sum(a.size for a in inputs.values())):
+            if self._oversized.oversized(elements):
                 # what one huge frame made OpenVINO allocate goes back (1.9 GB after a 4096x4096
                 # PP-OCRv4 frame, 0.1 GB above the steady state after release)
                 compiled.release_memory()
